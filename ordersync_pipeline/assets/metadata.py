@@ -1,0 +1,46 @@
+"""Metadata people would rather look at than read: row counts, column schemas, markdown previews."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+
+def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:
+    """Row count and column schema (with the COMMENTs stored in the file) of a DuckDB table."""
+    columns = conn.execute(
+        "SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
+        "WHERE table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, data_type, description=comment or None,
+                           constraints=dg.TableColumnConstraints(nullable=bool(nullable)))
+            for name, data_type, nullable, comment in columns
+        ]
+    )
+    row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return {
+        "dagster/row_count": dg.MetadataValue.int(int(row_count)),
+        "dagster/column_schema": schema,
+        "dagster/table_name": dg.MetadataValue.text(table),
+    }
+
+
+def markdown_table(frame: pl.DataFrame, max_rows: int = 25) -> dg.MarkdownMetadataValue:
+    """A frame as a markdown table (first rows only) for the asset's page in the UI."""
+    shown = frame.head(max_rows)
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in shown.iter_rows())
+    more = f"\n_{frame.height - max_rows} more rows in the table._" if frame.height > max_rows else ""
+    return dg.MetadataValue.md(header + body + more)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value).replace("|", "\\|")

@@ -1,0 +1,164 @@
+"""`order_statuses`: one UTC day of order statuses per partition, from by-date into DuckDB, plus its checks."""
+
+
+import dagster as dg
+import polars as pl
+
+from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
+from ordersync_pipeline.partitions import daily_partitions, partition_days
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.sync import KNOWN_STATUSES, fetch_day_load
+from ordersync_pipeline.warehouse import replace_day
+
+# Every asset that writes the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps writers
+# serial, because DuckDB allows one writing process at a time.
+DUCKDB_WRITERS_POOL = "ordersync_duckdb"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    # A range of days runs as one run (CLI --partition-range, UI backfills): one process start, not one per day.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=DUCKDB_WRITERS_POOL,
+    kinds={"duckdb", "polars"},
+    group_name="ordersync",
+)
+def order_statuses(
+    context: dg.AssetExecutionContext, ordersync: OrderSyncResource, warehouse: OrderSyncWarehouse
+) -> dg.MaterializeResult:
+    """Each partition's UTC day fetched from the by-date endpoint (every page) and stored in DuckDB table
+    `order_statuses`, replacing exactly that day in one transaction. Bad records go to
+    `order_status_rejects`; each day's API total and counts go to `order_status_loads`."""
+    days = partition_days(context)
+    per_day = []
+    with ordersync.client() as client:
+        for number, day in enumerate(days, start=1):
+            load = fetch_day_load(client, day, pii_mode=warehouse.pii_mode)
+            with warehouse.connect() as conn:
+                replace_day(conn, load)
+            per_day.append(
+                {"day": str(day), "rows": load.rows.height, "api_total": load.api_total, "rejects": load.rejects.height,
+                 "pages": load.pages_fetched, "passes": load.paging_passes, "duplicates": load.duplicates_dropped}
+            )
+            context.log.info(
+                f"[{number}/{len(days)}] {day}: stored {load.rows.height} lines "
+                f"(API total {load.api_total}, {load.rejects.height} rejected, {load.pages_fetched} pages)"
+            )
+            if load.extra_field_names:
+                context.log.warning(f"{day}: the API sent fields the reference does not list, kept in "
+                                    f"extra_fields: {', '.join(load.extra_field_names)}")
+            if not load.api_total_consistent:
+                context.log.warning(f"{day}: the API's meta.total ({load.api_total}) never matched the lines it "
+                                    "returned; stored what it returned, the row-count check will flag it")
+        requests, retries = client.counter.requests, client.counter.retries
+    summary = pl.DataFrame(per_day)
+    with warehouse.connect() as conn:
+        metadata = table_metadata(conn, "order_statuses")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "days": len(days),
+            "rows_written": int(summary["rows"].sum()),
+            "api_total": int(summary["api_total"].sum()),
+            "rejects": int(summary["rejects"].sum()),
+            "duplicates_dropped": int(summary["duplicates"].sum()),
+            "pages_fetched": int(summary["pages"].sum()),
+            "api_requests": requests,
+            "api_retries": retries,
+            "per_day": markdown_table(summary, max_rows=31),
+        }
+    )
+
+
+def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: object) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+
+
+@dg.asset_check(asset=order_statuses, description="order_status_id is unique across the table")
+def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        duplicated = conn.sql(
+            "SELECT order_status_id, count(*) AS copies FROM order_statuses GROUP BY 1 HAVING count(*) > 1 "
+            "ORDER BY copies DESC, order_status_id LIMIT 20"
+        ).pl()
+    return _check(duplicated.is_empty(), dg.AssetCheckSeverity.ERROR,
+                  f"{duplicated.height} order_status_id values appear more than once",
+                  duplicated_ids=markdown_table(duplicated))
+
+
+REQUIRED_COLUMNS = ("order_status_id", "order_id", "order_date", "order_day", "status")
+
+
+@dg.asset_check(asset=order_statuses, description=f"{', '.join(REQUIRED_COLUMNS)} are never null")
+def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in REQUIRED_COLUMNS)
+    with warehouse.connect() as conn:
+        nulls = conn.sql(f"SELECT {counts} FROM order_statuses").pl().row(0, named=True)
+    offending = {column: count for column, count in nulls.items() if count}
+    return _check(not offending, dg.AssetCheckSeverity.ERROR,
+                  "no nulls" if not offending else f"null required keys: {offending}",
+                  **{f"nulls_{column}": int(count) for column, count in nulls.items()})
+
+
+@dg.asset_check(asset=order_statuses, description="delivery_date is never before order_date")
+def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        bad = conn.sql(
+            "SELECT order_status_id, supplier, carrier, order_date, delivery_date FROM order_statuses "
+            "WHERE delivery_date < order_date ORDER BY order_date"
+        ).pl()
+    return _check(bad.is_empty(), dg.AssetCheckSeverity.ERROR,
+                  f"{bad.height} lines delivered before they were ordered", lines=bad.height,
+                  examples=markdown_table(bad, max_rows=10))
+
+
+@dg.asset_check(asset=order_statuses, description="statuses outside the known vocabulary (warns, listing them)")
+def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    known = ", ".join(f"'{s}'" for s in KNOWN_STATUSES)
+    with warehouse.connect() as conn:
+        unknown = conn.sql(
+            f"SELECT coalesce(status, '(null)') AS status, count(*) AS lines FROM order_statuses "
+            f"WHERE lower(trim(coalesce(status, ''))) NOT IN ({known}) GROUP BY 1 ORDER BY lines DESC"
+        ).pl()
+    listed = ", ".join(f"{s} ({n})" for s, n in unknown.iter_rows())
+    return _check(unknown.is_empty(), dg.AssetCheckSeverity.WARN,
+                  "all statuses known" if unknown.is_empty() else f"statuses outside the known vocabulary: {listed} "
+                  "(kept, and counted as open lines)", unknown_statuses=markdown_table(unknown))
+
+
+@dg.asset_check(asset=order_statuses, description="each loaded day holds exactly the API's meta.total lines")
+def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        mismatched = conn.sql("""
+            SELECT l.order_day, l.api_total, coalesce(s.stored, 0) AS stored, l.rejects
+            FROM order_status_loads AS l
+            LEFT JOIN (SELECT order_day, count(*) AS stored FROM order_statuses GROUP BY 1) AS s USING (order_day)
+            WHERE coalesce(s.stored, 0) <> l.api_total ORDER BY l.order_day
+        """).pl()
+        days = conn.execute("SELECT count(*) FROM order_status_loads").fetchone()[0]
+    return _check(mismatched.is_empty(), dg.AssetCheckSeverity.ERROR,
+                  f"{mismatched.height} of {days} loaded days differ from the API's total",
+                  days_checked=int(days), mismatched_days=markdown_table(mismatched))
+
+
+@dg.asset_check(asset=order_statuses, description="records the API sent that broke the contract (warns)")
+def no_rejected_records(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        reasons = conn.sql(
+            "SELECT source, regexp_replace(reason, ' .*', '') AS kind, count(*) AS records, min(reason) AS example "
+            "FROM order_status_rejects GROUP BY ALL ORDER BY records DESC"
+        ).pl()
+    total = int(reasons["records"].sum()) if not reasons.is_empty() else 0
+    return _check(total == 0, dg.AssetCheckSeverity.WARN,
+                  f"{total} records rejected; see table order_status_rejects", rejected=total,
+                  reasons=markdown_table(reasons))
+
+
+order_status_checks = [
+    order_status_id_is_unique,
+    required_keys_not_null,
+    delivery_not_before_order,
+    statuses_in_known_vocabulary,
+    row_count_matches_api_total,
+    no_rejected_records,
+]

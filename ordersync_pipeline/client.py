@@ -1,0 +1,447 @@
+"""OrderSync Order Status API client: the four endpoints, paging, retries and typed errors.
+
+Plain Python + httpx; knows nothing of Dagster. Records are returned as the raw JSON objects the API
+sent (dicts), so that normalisation sees exactly what arrived, surprises included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import ipaddress
+import json
+import math
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import tenacity
+
+DEFAULT_BASE_URL = "https://api.withordersync.com"
+MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
+MAX_PO_NUMBERS_PER_REQUEST = 100  # the API's documented maximum for the bulk endpoint
+RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class OrderSyncError(Exception):
+    """Base class of every error this client raises. Messages never contain the API key."""
+
+
+class OrderSyncConfigError(OrderSyncError):
+    """The client was configured with something it cannot use (bad URL, empty key)."""
+
+
+class OrderSyncAuthError(OrderSyncError):
+    """401/403: the key is missing, wrong, revoked or not allowed to read this data."""
+
+
+class OrderSyncRequestError(OrderSyncError):
+    """A 4xx other than auth: the request itself is wrong; retrying will not help."""
+
+    def __init__(self, message: str, status_code: int, server_message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.server_message = server_message
+
+
+class OrderSyncUnavailableError(OrderSyncError):
+    """Retries were exhausted on 429/5xx, timeouts, dropped connections or broken bodies."""
+
+
+class OrderSyncPagingError(OrderSyncError):
+    """By-date results kept shifting while we paged, and no consistent day could be read."""
+
+
+class _RetryableResponse(Exception):
+    """Internal: a response worth retrying (429/5xx, truncated or non-JSON body)."""
+
+    def __init__(self, description: str, retry_after: float | None = None):
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class PageMeta:
+    total: int
+    page: int
+    limit: int
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[Any]  # raw JSON values as sent; normally dicts, validated by normalise.py
+    meta: PageMeta
+
+
+@dataclass
+class DayFetch:
+    """Every record of one by-date day, read until consistent (see fetch_order_statuses_for_day)."""
+
+    day: dt.date
+    records: list[Any]
+    api_total: int
+    pages_fetched: int
+    passes: int
+    duplicates_seen: int
+    consistent: bool  # False: the API's total never matched what it returned (API data error)
+
+
+@dataclass
+class RequestCounter:
+    """Counts HTTP requests (attempts included) so runs can report what they cost the API."""
+
+    requests: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, retry: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += int(retry)
+
+
+class RateBudget:
+    """Client-side limit of requests per second, shared by every thread of one client."""
+
+    def __init__(self, requests_per_second: float):
+        if requests_per_second <= 0:
+            raise OrderSyncConfigError(
+                f"requests_per_second must be > 0, got {requests_per_second}; leave it unset for no limit"
+            )
+        self._interval = 1.0 / requests_per_second
+        self._next_slot = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+def check_base_url(base_url: str) -> str:
+    """Refuse URLs that would send the key in clear text, except to this machine (the simulator)."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise OrderSyncConfigError(
+            f"ORDERSYNC_BASE_URL must be an http(s) URL such as {DEFAULT_BASE_URL}, got {base_url!r}"
+        )
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+        raise OrderSyncConfigError(
+            f"refusing plain-http ORDERSYNC_BASE_URL {base_url!r}: the API key would travel unencrypted. "
+            "Use https://, or a loopback address (127.0.0.1, localhost) for the embedded simulator."
+        )
+    return base_url.rstrip("/")
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:  # the HTTP-date form
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's own words about an error, shortened; never echoes request headers."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:300] if text else response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail", "errors"):
+            if key in body:
+                value = body[key]
+                return value if isinstance(value, str) else json.dumps(value)[:300]
+    return json.dumps(body)[:300]
+
+
+class _WaitHonouringRetryAfter(tenacity.wait.wait_base):
+    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+
+    def __init__(self, initial: float, maximum: float):
+        self._backoff = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._maximum = maximum
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        backoff = self._backoff(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self._maximum))
+        return backoff
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (_RetryableResponse, httpx.TimeoutException, httpx.TransportError))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _RetryableResponse):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class OrderSyncClient:
+    """Typed access to the OrderSync Order Status API for one retailer (one key).
+
+    Every request is retried on 429, 5xx, timeouts, dropped connections and bodies that are cut short or
+    not JSON, with exponential backoff and jitter (tenacity), honouring Retry-After, within a total time
+    budget per request. 400/401/403/404 fail at once with the server's message.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        max_attempts: int = 6,
+        request_budget_seconds: float = 120.0,
+        backoff_initial_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+        connect_timeout_seconds: float = 10.0,
+        read_timeout_seconds: float = 60.0,
+        max_concurrent_pages: int = 4,
+        requests_per_second: float | None = None,
+        page_limit: int = MAX_PAGE_LIMIT,
+        max_paging_passes: int = 4,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not api_key or not api_key.strip():
+            raise OrderSyncConfigError(
+                "ORDERSYNC_API_KEY is empty: set it to the retailer's OrderSync key (pk_live_...), "
+                "or run `ordersync demo` to use the embedded simulator without a key"
+            )
+        if not 1 <= page_limit <= MAX_PAGE_LIMIT:
+            raise OrderSyncConfigError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
+        if max_concurrent_pages < 1:
+            raise OrderSyncConfigError(f"max_concurrent_pages must be >= 1, got {max_concurrent_pages}")
+        self.base_url = check_base_url(base_url)
+        self.page_limit = page_limit
+        self.max_concurrent_pages = max_concurrent_pages
+        self.max_paging_passes = max_paging_passes
+        self.counter = RequestCounter()
+        self._rate_budget = RateBudget(requests_per_second) if requests_per_second else None
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"X-API-Key": api_key, "Accept": "application/json"},
+            timeout=httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
+            transport=transport,
+            limits=httpx.Limits(max_connections=max(10, max_concurrent_pages * 2)),
+        )
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_retryable),
+            stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(request_budget_seconds),
+            wait=_WaitHonouringRetryAfter(backoff_initial_seconds, backoff_max_seconds),
+            sleep=sleep,
+            reraise=True,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OrderSyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the four endpoints -----------------------------------------------------------------------
+    def get_order_statuses_page(self, start_date: dt.date, end_date: dt.date | None, page: int) -> Page:
+        """One page of `GET /api/v1/orders/by-date` (end_date inclusive, limit = page_limit)."""
+        params = {"start_date": start_date.isoformat(), "page": page, "limit": self.page_limit}
+        if end_date is not None:
+            params["end_date"] = end_date.isoformat()
+        return self._request_page("GET", "/api/v1/orders/by-date", params=params)
+
+    def fetch_order_statuses_for_day(self, day: dt.date) -> DayFetch:
+        """Every record whose order_date falls on `day`, each exactly once.
+
+        The API pages by offset while new orders keep arriving, so one pass can return a line twice and
+        skip another. A pass is trusted only when the distinct lines it saw equal the `meta.total` it
+        ended with; otherwise the day is read again and passes are merged by order_status_id (later
+        reads win, lines are never deleted by the API). Two identical inconsistent passes mean the
+        API's count itself is wrong: the records are returned with `consistent=False` so the caller can
+        store them and flag it rather than loop forever.
+        """
+        merged: dict[str, Any] = {}
+        pages_fetched = duplicates_seen = 0
+        previous_pass_ids: frozenset[str] | None = None
+        for pass_number in range(1, self.max_paging_passes + 1):
+            pages = self._fetch_every_page(day)
+            pages_fetched += len(pages)
+            api_total = pages[-1].meta.total
+            pass_ids: set[str] = set()
+            id_less: list[Any] = []  # records that cannot be deduplicated; normalise rejects them
+            for page in pages:
+                for record in page.records:
+                    record_id = record.get("order_status_id") if isinstance(record, dict) else None
+                    if not isinstance(record_id, str) or not record_id:
+                        id_less.append(record)
+                    elif record_id in pass_ids:
+                        duplicates_seen += 1
+                        merged[record_id] = record
+                    else:
+                        pass_ids.add(record_id)
+                        merged[record_id] = record
+            totals_agree = all(page.meta.total == api_total for page in pages)
+            if totals_agree and len(pass_ids) + len(id_less) == api_total:
+                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
+                                duplicates_seen, consistent=True)
+            frozen = frozenset(pass_ids)
+            if frozen == previous_pass_ids and totals_agree:
+                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
+                                duplicates_seen, consistent=False)
+            previous_pass_ids = frozen
+        raise OrderSyncPagingError(
+            f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes "
+            f"the API reports {api_total} lines but a pass returned {len(pass_ids) + len(id_less)} distinct "
+            "ones. Nothing was stored for this day; re-run the partition later."
+        )
+
+    def get_by_po(self, po_number: str) -> list[Any]:
+        """`GET /api/v1/orders/by-po/:po_number`: every line of one PO (free text, URL-encoded)."""
+        return self._collect_pages("GET", f"/api/v1/orders/by-po/{_path_segment(po_number)}")
+
+    def get_by_supplier_order(self, supplier_order_id: str) -> list[Any]:
+        """`GET /api/v1/orders/by-supplier-order/:id`: every line of one supplier order."""
+        path = f"/api/v1/orders/by-supplier-order/{_path_segment(supplier_order_id)}"
+        return self._collect_pages("GET", path)
+
+    def get_by_po_numbers(self, po_numbers: Iterable[str]) -> list[Any]:
+        """`POST /api/v1/orders/by-po-numbers` in batches of at most 100 distinct PO numbers."""
+        unique = list(dict.fromkeys(po_numbers))
+        records: list[Any] = []
+        for start in range(0, len(unique), MAX_PO_NUMBERS_PER_REQUEST):
+            batch = unique[start : start + MAX_PO_NUMBERS_PER_REQUEST]
+            records.extend(self._collect_pages("POST", "/api/v1/orders/by-po-numbers", {"po_numbers": batch}))
+        return records
+
+    # -- paging ------------------------------------------------------------------------------------
+    def _fetch_every_page(self, day: dt.date) -> list[Page]:
+        """All pages of one by-date pass; page 1 reveals the total, the rest run concurrently."""
+        first = self.get_order_statuses_page(day, day, 1)
+        if not first.meta.has_more:
+            return [first]
+        page_count = max(2, math.ceil(first.meta.total / self.page_limit))
+        pages = [first]
+        remaining = range(2, page_count + 1)
+        if self.max_concurrent_pages == 1:
+            pages.extend(self.get_order_statuses_page(day, day, n) for n in remaining)
+        else:
+            with ThreadPoolExecutor(self.max_concurrent_pages, thread_name_prefix="ordersync-page") as pool:
+                pages.extend(pool.map(lambda n: self.get_order_statuses_page(day, day, n), remaining))
+        # The total may have grown while we paged: keep following has_more, one page at a time.
+        while pages[-1].meta.has_more and pages[-1].records:
+            if len(pages) > page_count + 1000:
+                raise OrderSyncPagingError(f"by-date for {day} never stopped reporting has_more after {len(pages)} pages")
+            pages.append(self.get_order_statuses_page(day, day, len(pages) + 1))
+        return pages
+
+    def _collect_pages(self, method: str, path: str, body: Any = None) -> list[Any]:
+        """Records of every page of a look-up endpoint (they are rarely more than one page)."""
+        records: list[Any] = []
+        for page in self._iter_pages(method, path, body):
+            records.extend(page.records)
+        return records
+
+    def _iter_pages(self, method: str, path: str, body: Any) -> Iterator[Page]:
+        page_number = 1
+        while True:
+            params = {"page": page_number} if page_number > 1 else None
+            page = self._request_page(method, path, params=params, body=body)
+            yield page
+            if not page.meta.has_more or not page.records or page_number >= 10_000:
+                return
+            page_number += 1
+
+    # -- one request, retried ----------------------------------------------------------------------
+    def _request_page(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Page:
+        attempt_number = 0
+
+        def attempt() -> Page:
+            nonlocal attempt_number
+            attempt_number += 1
+            if self._rate_budget is not None:
+                self._rate_budget.acquire()
+            self.counter.add(retry=attempt_number > 1)
+            response = self._http.request(method, path, params=params, json=body)
+            return _parse_page(response, method, path)
+
+        try:
+            # copy(): a Retrying keeps per-call state, and pages are fetched from several threads.
+            return self._retrying.copy()(attempt)
+        except (_RetryableResponse, httpx.TransportError) as exc:
+            raise OrderSyncUnavailableError(
+                f"OrderSync {method} {path} still failing after {attempt_number} attempts "
+                f"(last: {_describe(exc)}). The API may be down or rate-limiting; try again later, "
+                "or lower the request rate."
+            ) from None
+
+
+def _path_segment(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise OrderSyncConfigError(f"a look-up value must be a non-empty string, got {value!r}")
+    return urllib.parse.quote(value, safe="")
+
+
+def _parse_page(response: httpx.Response, method: str, path: str) -> Page:
+    status = response.status_code
+    if status in (401, 403):
+        raise OrderSyncAuthError(
+            f"OrderSync refused the API key (HTTP {status}: {_server_message(response)}). Check that "
+            "ORDERSYNC_API_KEY holds a live key of this retailer and that ORDERSYNC_BASE_URL is right."
+        )
+    if status in RETRYABLE_STATUS_CODES:
+        raise _RetryableResponse(f"HTTP {status}", retry_after=_retry_after_seconds(response))
+    if 400 <= status < 500:
+        message = _server_message(response)
+        raise OrderSyncRequestError(
+            f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message
+        )
+    if status >= 500 or status < 200 or status >= 300:
+        raise _RetryableResponse(f"unexpected HTTP {status}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise _RetryableResponse(f"response body is not valid JSON ({len(response.content)} bytes, cut short?)") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):
+        raise _RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
+    meta = body["meta"]
+    try:
+        page_meta = PageMeta(
+            total=int(meta.get("total", len(body["data"]))),
+            page=int(meta.get("page", 1)),
+            limit=int(meta.get("limit", len(body["data"]))),
+            has_more=bool(meta.get("has_more", False)),
+        )
+    except (TypeError, ValueError):
+        raise _RetryableResponse(f"response meta is malformed: {json.dumps(meta)[:200]}") from None
+    return Page(records=body["data"], meta=page_meta)

@@ -1,0 +1,215 @@
+"""Raw OrderSync records -> a typed polars frame of order statuses, plus the records that were rejected.
+
+Pure functions: no HTTP, no Dagster, no DuckDB. Every field of the payload survives: known fields get
+their column, unknown fields go to `extra_fields` (JSON), and a record that breaks the contract goes to
+the rejects frame with its reason and raw JSON instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+# The API's fields, in the order of the reference. Order matters: it is the table's column order.
+TEXT_FIELDS = (
+    "order_id",
+    "order_status_id",
+    "supplier_order_id",
+    "order_date",
+    "po_number",
+    "item",
+    "customer",
+    "supplier",
+    "status",
+    "customer_email",
+    "tracking_number",
+    "tracking_url",
+    "carrier",
+    "delivery_date",
+)
+API_FIELDS = frozenset(TEXT_FIELDS)
+TIMESTAMP_FIELDS = ("order_date", "delivery_date")
+PERSONAL_DATA_FIELDS = ("customer", "customer_email")
+
+UTC_TIMESTAMP = pl.Datetime("us", "UTC")
+ORDER_STATUS_SCHEMA: dict[str, pl.DataType] = {
+    **{name: (UTC_TIMESTAMP if name in TIMESTAMP_FIELDS else pl.String()) for name in TEXT_FIELDS},
+    "delivery_utc_offset": pl.String(),  # the local offset delivery_date was sent with, e.g. -08:00
+    "order_day": pl.Date(),
+    "fetched_at": UTC_TIMESTAMP,
+    "extra_fields": pl.String(),  # JSON object of fields the API sent that the reference does not list
+}
+REJECT_SCHEMA: dict[str, pl.DataType] = {
+    "order_day": pl.Date(),
+    "order_status_id": pl.String(),
+    "reason": pl.String(),
+    "raw_json": pl.String(),
+    "fetched_at": UTC_TIMESTAMP,
+}
+
+_ISO_WITH_OFFSET = "%Y-%m-%dT%H:%M:%S%.f%:z"
+PII_MODES = ("raw", "hash", "drop")
+
+
+@dataclass(frozen=True)
+class NormalisedStatuses:
+    rows: pl.DataFrame  # ORDER_STATUS_SCHEMA, one row per order_status_id
+    rejects: pl.DataFrame  # REJECT_SCHEMA
+    duplicates_dropped: int  # extra copies of an order_status_id (the last copy is kept)
+    extra_field_names: tuple[str, ...]  # unknown fields seen, sorted
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _split_by_contract(records: list[Any]) -> tuple[list[dict], list[dict], list[str | None], list[tuple[Any, str]]]:
+    """One pass over the records: shape-valid ones (text fields only), the originals they came from,
+    their unknown fields as JSON, and the records rejected for their shape.
+
+    This is the only per-record Python: JSON values of mixed types cannot be typed by polars without
+    silently coercing them, so types are checked here and everything else is done in polars.
+    """
+    valid: list[dict] = []
+    originals: list[dict] = []
+    extras: list[str | None] = []
+    rejects: list[tuple[Any, str]] = []
+    for record in records:
+        if type(record) is not dict:
+            rejects.append((record, f"record is a JSON {_json_type(record)}, expected an object"))
+            continue
+        if record.keys() <= API_FIELDS and all(type(v) is str or v is None for v in record.values()):
+            valid.append(record)  # the common case, checked in one cheap expression
+            originals.append(record)
+            extras.append(None)
+            continue
+        clean: dict[str, Any] = {}
+        unknown: dict[str, Any] = {}
+        problem = None
+        for key, value in record.items():
+            if key not in API_FIELDS:
+                unknown[key] = value
+            elif value is None or type(value) is str:
+                clean[key] = value
+            elif type(value) in (int, float):
+                clean[key] = json.dumps(value)  # a PO number sent as 12345 is still PO "12345"
+            else:
+                problem = f"{key} is a JSON {_json_type(value)}, expected a string"
+                break
+        if problem:
+            rejects.append((record, problem))
+            continue
+        valid.append(clean)
+        originals.append(record)
+        extras.append(json.dumps(unknown, sort_keys=True) if unknown else None)
+    return valid, originals, extras, rejects
+
+
+def _parse_utc(column: str) -> pl.Expr:
+    """ISO 8601 with an offset -> UTC, microseconds kept; a 'Z' suffix or a space separator is accepted."""
+    text = (
+        pl.col(column)
+        .str.strip_chars()
+        .str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
+        .str.replace(r"[Zz]$", "+00:00")
+    )
+    return text.str.to_datetime(_ISO_WITH_OFFSET, time_unit="us", time_zone="UTC", strict=False)
+
+
+def normalise_order_statuses(
+    records: list[Any],
+    *,
+    fetched_at: dt.datetime,
+    expected_day: dt.date | None = None,
+    pii_mode: str = "raw",
+) -> NormalisedStatuses:
+    """Type the records: UTC timestamps, strings, nulls; one row per order_status_id; rejects kept.
+
+    `expected_day`: the by-date day that was asked for; a record whose order_date falls on another UTC
+    day is the API being wrong and is rejected rather than stored under the wrong partition.
+    `pii_mode`: what to keep of customer name and email: "raw", "hash" (SHA-256 hex) or "drop" (null).
+    """
+    if pii_mode not in PII_MODES:
+        raise ValueError(f"pii_mode must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    fetched_at = fetched_at.astimezone(dt.timezone.utc)
+    valid, originals, extras, shape_rejects = _split_by_contract(records)
+
+    frame = pl.DataFrame(valid, schema={name: pl.String for name in TEXT_FIELDS}).with_columns(
+        pl.Series("extra_fields", extras, dtype=pl.String),
+        pl.int_range(pl.len()).alias("_index"),
+    )
+    frame = frame.with_columns(
+        *(_parse_utc(name).alias(f"_{name}_utc") for name in TIMESTAMP_FIELDS),
+        pl.col("delivery_date").str.strip_chars().str.extract(r"([+-]\d{2}:?\d{2}|[Zz])$").alias("delivery_utc_offset"),
+    ).with_columns(pl.col("_order_date_utc").dt.date().alias("order_day"))
+
+    reason = (
+        pl.when(pl.col("order_status_id").is_null() | (pl.col("order_status_id").str.strip_chars() == ""))
+        .then(pl.lit("missing order_status_id"))
+        .when(pl.col("order_date").is_null())
+        .then(pl.lit("missing order_date"))
+        .when(pl.col("_order_date_utc").is_null())
+        .then(pl.format("unparseable order_date {} (expected ISO 8601 with a UTC offset)", pl.col("order_date")))
+        .when(pl.col("delivery_date").is_not_null() & pl.col("_delivery_date_utc").is_null())
+        .then(pl.format("unparseable delivery_date {} (expected ISO 8601 with a UTC offset)", pl.col("delivery_date")))
+    )
+    if expected_day is not None:
+        reason = reason.when(pl.col("order_day") != expected_day).then(
+            pl.format("order_date {} is outside the requested day {}", pl.col("order_date"), pl.lit(str(expected_day)))
+        )
+    frame = frame.with_columns(reason.otherwise(None).alias("_reason"))
+
+    bad = frame.filter(pl.col("_reason").is_not_null()).select("_index", "_reason")
+    good = frame.filter(pl.col("_reason").is_null())
+    deduplicated = good.unique(subset="order_status_id", keep="last", maintain_order=True)
+
+    rows = deduplicated.with_columns(
+        pl.col("_order_date_utc").alias("order_date"),
+        pl.col("_delivery_date_utc").alias("delivery_date"),
+        pl.lit(fetched_at).cast(UTC_TIMESTAMP).alias("fetched_at"),
+        *_protect_personal_data(pii_mode),
+    ).select(list(ORDER_STATUS_SCHEMA))
+
+    # Rejected rows are few: look their original records up by position to keep the raw JSON.
+    rejected = [(originals[index], reason) for index, reason in zip(bad["_index"], bad["_reason"])]
+    rejects = _rejects_frame(rejected + shape_rejects, expected_day=expected_day, fetched_at=fetched_at)
+    extra_names = sorted({key for text in extras if text for key in json.loads(text)})
+    return NormalisedStatuses(rows, rejects, good.height - deduplicated.height, tuple(extra_names))
+
+
+def _protect_personal_data(pii_mode: str) -> list[pl.Expr]:
+    if pii_mode == "raw":
+        return []
+    if pii_mode == "drop":
+        return [pl.lit(None, dtype=pl.String).alias(name) for name in PERSONAL_DATA_FIELDS]
+    return [_sha256_hex(name).alias(name) for name in PERSONAL_DATA_FIELDS]
+
+
+def _sha256_hex(column: str) -> pl.Expr:
+    # Emails are compared case-insensitively by people, so hash a trimmed, lower-cased form.
+    return pl.col(column).map_elements(
+        lambda value: hashlib.sha256(value.strip().lower().encode()).hexdigest(), return_dtype=pl.String
+    )
+
+
+def _rejects_frame(
+    rejected: list[tuple[Any, str]], *, expected_day: dt.date | None, fetched_at: dt.datetime
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "order_day": [expected_day] * len(rejected),
+            "order_status_id": [
+                record.get("order_status_id") if isinstance(record, dict) and isinstance(record.get("order_status_id"), str) else None
+                for record, _ in rejected
+            ],
+            "reason": [reason for _, reason in rejected],
+            "raw_json": [json.dumps(record, sort_keys=True, default=str) for record, _ in rejected],
+            "fetched_at": [fetched_at] * len(rejected),
+        },
+        schema=REJECT_SCHEMA,
+    )

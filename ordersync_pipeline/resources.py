@@ -1,0 +1,82 @@
+"""Dagster resources: the OrderSync API client and the DuckDB warehouse, configured from the environment."""
+
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
+from ordersync_pipeline.normalise import PII_MODES
+from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error
+
+DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
+
+
+class OrderSyncResource(dg.ConfigurableResource):
+    """The OrderSync Order Status API of one retailer (one key = one retailer)."""
+
+    api_key: str = Field(description="OrderSync API key (pk_live_...). Set it with EnvVar('ORDERSYNC_API_KEY').")
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL; https only, except loopback.")
+    max_concurrent_pages: int = Field(default=4, description="by-date pages fetched at once after the first.")
+    requests_per_second: float | None = Field(default=None, description="Client-side request budget; None = no limit.")
+    max_attempts: int = Field(default=6, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
+    request_budget_seconds: float = Field(default=120.0, description="Total time one request may take, retries included.")
+
+    def client(self) -> OrderSyncClient:
+        return OrderSyncClient(
+            self.api_key,
+            self.base_url,
+            max_concurrent_pages=self.max_concurrent_pages,
+            requests_per_second=self.requests_per_second,
+            max_attempts=self.max_attempts,
+            request_budget_seconds=self.request_budget_seconds,
+        )
+
+
+class OrderSyncWarehouse(DuckDBResource):
+    """The DuckDB file analysts query. Connections are short: opened per write, closed on any error."""
+
+    pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection with the schema in place; a held lock becomes a clear error."""
+        if self.database != ":memory:" and not self.database.startswith("md:"):
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            context = self.get_connection()  # retries a locked file for about 100 s
+            conn = context.__enter__()
+        except (duckdb.IOException, RuntimeError) as exc:
+            if "lock" in str(exc).lower():
+                raise explain_lock_error(self.database, exc) from None
+            raise
+        try:
+            ensure_schema(conn)
+            yield conn
+        finally:
+            conn.close()  # get_connection() does not close when the body raises
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The production wiring: the key via EnvVar (never read into code), the rest with defaults."""
+    pii_mode = os.environ.get("ORDERSYNC_PII_MODE", "raw")
+    if pii_mode not in PII_MODES:
+        raise ValueError(f"ORDERSYNC_PII_MODE must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    requests_per_second = os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND")
+    return {
+        "ordersync": OrderSyncResource(
+            api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
+            base_url=os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
+            max_concurrent_pages=int(os.environ.get("ORDERSYNC_MAX_CONCURRENT_PAGES", "4")),
+            requests_per_second=float(requests_per_second) if requests_per_second else None,
+        ),
+        "warehouse": OrderSyncWarehouse(
+            database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH), pii_mode=pii_mode
+        ),
+    }

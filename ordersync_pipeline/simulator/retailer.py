@@ -1,0 +1,244 @@
+"""Seeded synthetic order lines for one retailer, with statuses that move as the simulator's clock moves.
+
+Each line is generated from (seed, day) alone, so any day can be produced on demand, identically, by
+the simulator and by a test computing the truth independently. A line carries its whole future
+(when it ships, when it is delivered, or that it is cancelled or stuck); `record_at(now)` shows only
+what the API would show at `now`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+import threading
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+SUPPLIERS = {
+    # supplier: (prefix of its own order ids, typical days to ship)
+    "cobra puma golf": ("CPG", 1.5),
+    "titleist": ("TT", 1.0),
+    "callaway": ("CW", 2.0),
+    "taylormade": ("TM", 2.5),
+    "ping": ("PG", 4.0),
+    "mizuno": ("MZ", 3.0),
+}
+ITEMS = {
+    "cobra puma golf": ["Cobra DS Adapt", "Cobra LTDx Driver", "Puma Ignite Shoes"],
+    "titleist": ["Pro V1 (dozen)", "Vokey SM10 Wedge", "T200 Irons"],
+    "callaway": ["Paradym Driver", "Chrome Soft (dozen)", "Odyssey Putter"],
+    "taylormade": ["Qi10 Driver", "TP5 (dozen)", "Spider Tour Putter"],
+    "ping": ["G430 Driver", "i230 Irons", "Hoofer Stand Bag"],
+    "mizuno": ["JPX923 Irons", "Pro 245 Irons", "T24 Wedge"],
+}
+CARRIERS = {
+    # carrier: (tracking URL template, typical days in transit)
+    "fedex": ("https://www.fedex.com/apps/fedextrack/?tracknumbers={n}&cntry_code=US", 3.0),
+    "ups": ("https://www.ups.com/track?tracknum={n}", 3.5),
+    "usps": ("https://tools.usps.com/go/TrackConfirmAction?tLabels={n}", 5.0),
+    "dhl": ("https://www.dhl.com/us-en/home/tracking.html?tracking-id={n}", 4.0),
+}
+CUSTOMER_ZONES = ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles", "America/Phoenix"]
+FIRST_NAMES = ["Tom", "Ana", "Raj", "Mei", "Luis", "Zoë", "Sam", "Priya", "Olu", "Kate", "Jon", "Ines"]
+LAST_NAMES = ["Thomas", "García", "Patel", "Chen", "O'Brien", "Müller", "Smith", "Okafor", "Nguyen", "Kim"]
+# Statuses the simulator produces. "on_hold" is deliberately outside the documented vocabulary.
+STATUSES = ("processing", "backordered", "on_hold", "shipped", "in_transit", "delivered", "cancelled")
+
+
+@dataclass(frozen=True)
+class SimulatedLine:
+    """One order line and its whole future; `record_at` is what the API shows at a given moment."""
+
+    order_status_id: str
+    order_id: str
+    supplier_order_id: str
+    po_number: str
+    order_date: dt.datetime  # UTC
+    item: str
+    customer: str
+    customer_email: str
+    supplier: str
+    carrier: str
+    tracking_number: str
+    customer_zone: str
+    timeline: tuple[tuple[dt.datetime, str], ...]  # (from when, status), ascending, first at order_date
+
+    def status_at(self, now: dt.datetime) -> str | None:
+        current = None
+        for since, status in self.timeline:
+            if since > now:
+                break
+            current = status
+        return current
+
+    def status_changed_at(self, now: dt.datetime, status: str) -> dt.datetime | None:
+        return next((since for since, s in self.timeline if s == status and since <= now), None)
+
+    def record_at(self, now: dt.datetime) -> dict | None:
+        status = self.status_at(now)
+        if status is None:
+            return None
+        shipped = self.status_changed_at(now, "shipped") is not None
+        delivered_at = self.status_changed_at(now, "delivered")
+        delivery_date = None
+        if delivered_at is not None:
+            # Real carriers report the local time at the customer's address, to the minute.
+            local = delivered_at.astimezone(ZoneInfo(self.customer_zone)).replace(second=0, microsecond=0)
+            delivery_date = local.isoformat()
+        return {
+            "order_id": self.order_id,
+            "order_status_id": self.order_status_id,
+            "supplier_order_id": self.supplier_order_id,
+            "order_date": self.order_date.isoformat(timespec="microseconds"),
+            "po_number": self.po_number,
+            "item": self.item,
+            "customer": self.customer,
+            "supplier": self.supplier,
+            "status": status,
+            "customer_email": self.customer_email,
+            "tracking_number": self.tracking_number if shipped else None,
+            "tracking_url": CARRIERS[self.carrier][0].format(n=self.tracking_number) if shipped else None,
+            "carrier": self.carrier if shipped else None,
+            "delivery_date": delivery_date,
+        }
+
+
+def _hex_id(*parts: object, length: int) -> str:
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest()[:length]
+
+
+def _po_number(rng: random.Random, day: dt.date, n: int) -> str:
+    # Most PO numbers are plain; some carry characters that must be URL-encoded in a path.
+    style = rng.random()
+    if style < 0.04:
+        return f"PO/{day:%y%m}#{n:04d}"
+    if style < 0.06:
+        return f"Büro {day:%m%d}-{n} 50%?"
+    return f"AB{day:%y%m%d}{n:04d}"
+
+
+def _timeline(rng: random.Random, order_date: dt.datetime, ship_days: float, transit_days: float) -> tuple:
+    hours = dt.timedelta(hours=1)
+    steps: list[tuple[dt.datetime, str]] = [(order_date, "processing")]
+    fate = rng.random()
+    at = order_date
+    if fate < 0.05:  # cancelled before shipping
+        steps.append((at + rng.uniform(2, 72) * hours, "cancelled"))
+        return tuple(steps)
+    if fate < 0.07:  # stuck: never leaves processing
+        return tuple(steps)
+    if fate < 0.15:  # backordered for one to three weeks first
+        at += rng.uniform(4, 24) * hours
+        steps.append((at, "backordered"))
+        at += rng.uniform(7, 21) * 24 * hours
+        steps.append((at, "processing"))
+    elif fate < 0.17:  # an undocumented status on the way
+        at += rng.uniform(4, 24) * hours
+        steps.append((at, "on_hold"))
+        at += rng.uniform(1, 4) * 24 * hours
+        steps.append((at, "processing"))
+    at += rng.expovariate(1 / ship_days) * 24 * hours + 2 * hours
+    steps.append((at, "shipped"))
+    at += rng.uniform(4, 20) * hours
+    steps.append((at, "in_transit"))
+    if rng.random() < 0.02:  # lost in transit: never delivered
+        return tuple(steps)
+    at += rng.gammavariate(4, transit_days / 4) * 24 * hours
+    steps.append((at, "delivered"))
+    return tuple(steps)
+
+
+class SimulatedRetailer:
+    """All order lines of one retailer, generated per day on demand and cached."""
+
+    def __init__(self, seed: int = 7, orders_per_day: int = 200):
+        self.seed = seed
+        self.orders_per_day = orders_per_day
+        self._days: dict[dt.date, list[SimulatedLine]] = {}
+        self._late: dict[dt.date, list[SimulatedLine]] = {}  # lines injected later (paging drift)
+        self._lock = threading.Lock()
+
+    def lines_for_day(self, day: dt.date) -> list[SimulatedLine]:
+        """Every line ordered on `day` (UTC), sorted by (order_date, order_status_id)."""
+        with self._lock:
+            if day not in self._days:
+                self._days[day] = self._generate_day(day)
+            lines = self._days[day] + self._late.get(day, [])
+        return sorted(lines, key=lambda line: (line.order_date, line.order_status_id)) if day in self._late else lines
+
+    def records_for_day(self, day: dt.date, now: dt.datetime) -> list[dict]:
+        """What by-date returns for `day` at `now`: lines already ordered, in API order."""
+        return [r for line in self.lines_for_day(day) if (r := line.record_at(now)) is not None]
+
+    def add_late_lines(self, day: dt.date, count: int, rng: random.Random) -> list[SimulatedLine]:
+        """Insert lines into `day` as if orders arrived late (the cause of paging drift)."""
+        start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+        with self._lock:
+            late = self._late.setdefault(day, [])
+            new = [
+                self._make_line(random.Random(f"{self.seed}-late-{day}-{len(late) + i}"), day, 90_000 + len(late) + i,
+                                start + dt.timedelta(seconds=rng.uniform(0, 3600)))
+                for i in range(count)
+            ]
+            late.extend(new)
+        return new
+
+    def _generate_day(self, day: dt.date) -> list[SimulatedLine]:
+        rng = random.Random(f"{self.seed}-{day.isoformat()}")
+        start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+        order_count = max(1, round(self.orders_per_day * rng.uniform(0.85, 1.15)))
+        offsets = sorted(rng.uniform(0, 86_400) for _ in range(order_count))
+        lines: list[SimulatedLine] = []
+        for n, offset in enumerate(offsets):
+            order_date = start + dt.timedelta(seconds=offset)
+            lines.extend(self._order_lines(rng, day, n, order_date))
+        lines.sort(key=lambda line: (line.order_date, line.order_status_id))
+        return lines
+
+    def _order_lines(self, rng: random.Random, day: dt.date, n: int, order_date: dt.datetime) -> list[SimulatedLine]:
+        line_count = rng.choices((1, 2, 3, 4), weights=(30, 25, 25, 20))[0]
+        # A few orders reuse a PO number from an earlier day (a PO can span orders and days).
+        if rng.random() < 0.03 and n > 0:
+            earlier = day - dt.timedelta(days=rng.randint(1, 20))
+            po_number = _po_number(random.Random(f"{self.seed}-{earlier}-po-{n}"), earlier, n)
+        else:
+            po_number = _po_number(rng, day, n)
+        order_id = _hex_id(self.seed, day, n, "order", length=12)
+        customer = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+        email = f"{customer.split()[0].lower()}.{n}@example.com"
+        zone = rng.choice(CUSTOMER_ZONES)
+        lines = []
+        for i in range(line_count):
+            line_rng = random.Random(f"{self.seed}-{day}-{n}-{i}")
+            lines.append(self._make_line(line_rng, day, n * 10 + i, order_date, order_id, po_number, customer, email, zone))
+        return lines
+
+    def _make_line(self, rng: random.Random, day: dt.date, n: int, order_date: dt.datetime, order_id: str | None = None,
+                   po_number: str | None = None, customer: str | None = None, email: str | None = None,
+                   zone: str | None = None) -> SimulatedLine:
+        supplier = rng.choice(list(SUPPLIERS))
+        prefix, ship_days = SUPPLIERS[supplier]
+        carrier = rng.choice(list(CARRIERS))
+        customer = customer or f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+        order_id = order_id or _hex_id(self.seed, day, n, "order", length=12)
+        return SimulatedLine(
+            order_status_id=_hex_id(self.seed, day, n, "line", length=16),
+            order_id=order_id,
+            # The supplier numbers its own order: lines of one order from one supplier share it.
+            supplier_order_id=f"{prefix}{_hex_id(order_id, supplier, length=6).upper()}",
+            po_number=po_number or _po_number(rng, day, n),
+            order_date=order_date,
+            item=rng.choice(ITEMS[supplier]),
+            customer=customer,
+            customer_email=email or f"{customer.split()[0].lower()}.{n}@example.com",
+            supplier=supplier,
+            carrier=carrier,
+            tracking_number=str(rng.randrange(10**11, 10**12)),
+            customer_zone=zone or rng.choice(CUSTOMER_ZONES),
+            timeline=_timeline(rng, order_date, ship_days, CARRIERS[carrier][1]),
+        )
+
+    def lines_between(self, first_day: dt.date, last_day: dt.date) -> list[SimulatedLine]:
+        days = (first_day + dt.timedelta(days=i) for i in range((last_day - first_day).days + 1))
+        return [line for day in days for line in self.lines_for_day(day)]

@@ -1,0 +1,308 @@
+"""The embedded OrderSync simulator: the four documented endpoints on loopback, over seeded data.
+
+It answers as the reference describes (X-API-Key auth, `{data, meta}` envelope, by-date paging with a
+limit of at most 100, bulk look-ups of at most 100 PO numbers) and decides what the reference leaves
+open, as our client assumes: dates are UTC days, `end_date` is inclusive, by-date results are ordered by
+(order_date, order_status_id), errors are JSON `{"error": message}` with 400/401/404/429/5xx.
+
+Faults can be switched on to behave like a hostile production API (see `Faults`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ordersync_pipeline.simulator.retailer import SimulatedLine, SimulatedRetailer
+
+SIMULATOR_API_KEY = "pk_test_ordersync_simulator"
+_MAX_LIMIT = 100
+_MAX_PO_NUMBERS = 100
+
+
+@dataclass
+class Faults:
+    """Probabilities (0..1) of each failure per request, and fixed latency, like a real API on a bad day."""
+
+    rate_limited: float = 0.0  # 429 with Retry-After
+    server_error: float = 0.0  # 500/502/503
+    dropped: float = 0.0  # connection closed without an answer
+    truncated: float = 0.0  # body cut short (half the JSON, then the connection closes)
+    slow: float = 0.0  # answer after slow_seconds
+    slow_seconds: float = 1.0
+    latency_seconds: float = 0.0  # added to every request (a real API across the internet)
+    paging_drift: float = 0.0  # chance that a by-date page > 1 first inserts new lines into that day
+    retry_after_seconds: float = 0.05
+    seed: int = 1
+
+    @classmethod
+    def heavy(cls) -> Faults:
+        return cls(rate_limited=0.08, server_error=0.08, dropped=0.04, truncated=0.04, slow=0.02,
+                   slow_seconds=0.3, paging_drift=0.3)
+
+
+class SimulatedClock:
+    """The simulator's 'now': real time by default, or a fixed moment that tests advance."""
+
+    def __init__(self, fixed: dt.datetime | None = None):
+        self._fixed = fixed
+
+    def now(self) -> dt.datetime:
+        return self._fixed if self._fixed is not None else dt.datetime.now(dt.timezone.utc)
+
+    def set(self, moment: dt.datetime) -> None:
+        self._fixed = moment
+
+    def advance(self, days: float = 0, hours: float = 0) -> dt.datetime:
+        self._fixed = self.now() + dt.timedelta(days=days, hours=hours)
+        return self._fixed
+
+
+class OrderSyncSimulator:
+    """Serves a SimulatedRetailer on 127.0.0.1; use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        retailer: SimulatedRetailer | None = None,
+        *,
+        clock: SimulatedClock | None = None,
+        first_day: dt.date | None = None,
+        api_key: str = SIMULATOR_API_KEY,
+        faults: Faults | None = None,
+        port: int = 0,
+    ):
+        self.retailer = retailer or SimulatedRetailer()
+        self.clock = clock or SimulatedClock()
+        # Orders exist from first_day on; look-ups by PO search from there to today.
+        self.first_day = first_day or (self.clock.now().date() - dt.timedelta(days=60))
+        self.api_key = api_key
+        self.faults = faults or Faults()
+        self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
+        self._fault_rng = random.Random(self.faults.seed)
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._indexed_through: dt.date = self.first_day - dt.timedelta(days=1)
+        self._by_po: dict[str, list[SimulatedLine]] = {}
+        self._by_supplier_order: dict[str, list[SimulatedLine]] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> OrderSyncSimulator:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ordersync-simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> OrderSyncSimulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- truth, as the API would show it now ------------------------------------------------------
+    def records_for_day(self, day: dt.date) -> list[dict]:
+        if day < self.first_day:
+            return []
+        return self.retailer.records_for_day(day, self.clock.now())
+
+    def records_for_days(self, first: dt.date, last: dt.date) -> list[dict]:
+        days = (first + dt.timedelta(days=i) for i in range((last - first).days + 1))
+        return [record for day in days for record in self.records_for_day(day)]
+
+    def records_for_po(self, po_number: str) -> list[dict]:
+        return self._lookup(self._by_po, po_number)
+
+    def records_for_supplier_order(self, supplier_order_id: str) -> list[dict]:
+        return self._lookup(self._by_supplier_order, supplier_order_id)
+
+    def _lookup(self, index: dict[str, list[SimulatedLine]], key: str) -> list[dict]:
+        now = self.clock.now()
+        self._index_through(now.date())
+        lines = sorted(index.get(key, []), key=lambda line: (line.order_date, line.order_status_id))
+        return [r for line in lines if (r := line.record_at(now)) is not None]
+
+    def _index_through(self, last_day: dt.date) -> None:
+        with self._index_lock:
+            while self._indexed_through < last_day:
+                self._indexed_through += dt.timedelta(days=1)
+                self._index(self.retailer.lines_for_day(self._indexed_through))
+
+    def _index(self, lines: list[SimulatedLine]) -> None:
+        for line in lines:
+            self._by_po.setdefault(line.po_number, []).append(line)
+            self._by_supplier_order.setdefault(line.supplier_order_id, []).append(line)
+
+    def insert_late_lines(self, day: dt.date, count: int) -> None:
+        """New orders arrive for `day` (ordered early that day), shifting every later page."""
+        with self._index_lock:
+            new = self.retailer.add_late_lines(day, count, self._fault_rng)
+            if day <= self._indexed_through:
+                self._index(new)
+
+    # -- faults ------------------------------------------------------------------------------------
+    def draw_fault(self) -> str | None:
+        f = self.faults
+        with self._lock:
+            roll = self._fault_rng.random()
+        for name, rate in (("rate_limited", f.rate_limited), ("server_error", f.server_error),
+                           ("dropped", f.dropped), ("truncated", f.truncated), ("slow", f.slow)):
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
+
+    def count(self, endpoint: str) -> None:
+        with self._lock:
+            self.requests[endpoint] += 1
+
+
+def _envelope(records: list[dict], *, page: int = 1, limit: int | None = None, total: int | None = None) -> dict:
+    total = len(records) if total is None else total
+    limit = limit if limit is not None else max(1, len(records))
+    return {"data": records, "meta": {"total": total, "page": page, "limit": limit, "has_more": page * limit < total}}
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _parse_date(value: str | None, name: str) -> dt.date:
+    if not value:
+        raise _ApiError(400, f"{name} is required (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _ApiError(400, f"{name} must be a date in YYYY-MM-DD form, got {value!r}") from None
+
+
+def _parse_int(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise _ApiError(400, f"{name} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise _ApiError(400, f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a real API behind a load balancer
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            pass  # quiet: tests and the demo print their own progress
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def _handle(self, method: str) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
+            url = urllib.parse.urlsplit(self.path)
+            endpoint = self._endpoint_name(method, url.path)
+            sim.count(endpoint)
+            if sim.faults.latency_seconds:
+                time.sleep(sim.faults.latency_seconds)
+            fault = sim.draw_fault()
+            if fault == "dropped":
+                self.close_connection = True
+                return
+            if fault == "rate_limited":
+                return self._send(429, {"error": "rate limit exceeded"},
+                                  {"Retry-After": f"{sim.faults.retry_after_seconds:g}"})
+            if fault == "server_error":
+                return self._send(sim._fault_rng.choice((500, 502, 503)), {"error": "upstream unavailable"})
+            if fault == "slow":
+                time.sleep(sim.faults.slow_seconds)
+            if self.headers.get("X-API-Key") != sim.api_key:
+                return self._send(401, {"error": "Invalid or missing API key"})
+            try:
+                payload = self._route(method, url.path, urllib.parse.parse_qs(url.query), body)
+            except _ApiError as exc:
+                return self._send(exc.status, {"error": str(exc)})
+            self._send(200, payload, truncate=fault == "truncated")
+
+        @staticmethod
+        def _endpoint_name(method: str, path: str) -> str:
+            for prefix, name in (("/api/v1/orders/by-date", "by-date"), ("/api/v1/orders/by-po-numbers", "by-po-numbers"),
+                                 ("/api/v1/orders/by-po/", "by-po"), ("/api/v1/orders/by-supplier-order/", "by-supplier-order")):
+                if path.startswith(prefix):
+                    return name
+            return "unknown"
+
+        def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> dict:
+            one = {key: values[0] for key, values in query.items()}
+            if method == "GET" and path == "/api/v1/orders/by-date":
+                return self._by_date(one)
+            if method == "POST" and path == "/api/v1/orders/by-po-numbers":
+                return self._by_po_numbers(body)
+            for prefix, lookup in (("/api/v1/orders/by-po/", sim.records_for_po),
+                                   ("/api/v1/orders/by-supplier-order/", sim.records_for_supplier_order)):
+                if method == "GET" and path.startswith(prefix) and len(path) > len(prefix):
+                    return _envelope(lookup(urllib.parse.unquote(path[len(prefix):])))
+            raise _ApiError(404, f"no such endpoint: {method} {path}")
+
+        def _by_date(self, query: dict[str, str]) -> dict:
+            start = _parse_date(query.get("start_date"), "start_date")
+            end = _parse_date(query["end_date"], "end_date") if "end_date" in query else start
+            if end < start:
+                raise _ApiError(400, "end_date must not be before start_date")
+            page = _parse_int(query.get("page"), "page", 1, 1, 10**9)
+            limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
+            if page > 1 and sim.faults.paging_drift and sim._fault_rng.random() < sim.faults.paging_drift:
+                sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
+            records = sim.records_for_days(start, end)
+            offset = (page - 1) * limit
+            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=len(records))
+
+        def _by_po_numbers(self, body: bytes) -> dict:
+            try:
+                po_numbers = json.loads(body)["po_numbers"]
+            except (ValueError, KeyError, TypeError):
+                raise _ApiError(400, 'body must be JSON {"po_numbers": ["PO1", ...]}') from None
+            if not isinstance(po_numbers, list) or not all(isinstance(p, str) for p in po_numbers):
+                raise _ApiError(400, "po_numbers must be a list of strings")
+            if len(po_numbers) > _MAX_PO_NUMBERS:
+                raise _ApiError(400, f"at most {_MAX_PO_NUMBERS} po_numbers per request, got {len(po_numbers)}")
+            return _envelope([r for po in dict.fromkeys(po_numbers) for r in sim.records_for_po(po)])
+
+        def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None, truncate: bool = False) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if truncate:
+                self.wfile.write(data[: len(data) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+    return Handler

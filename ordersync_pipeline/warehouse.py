@@ -1,0 +1,242 @@
+"""The DuckDB side of the raw tables: schema, comments, replacing a day atomically, applying refreshes.
+
+Knows no HTTP and no Dagster. Frames come from normalise.py and are inserted through Arrow
+(`INSERT ... BY NAME SELECT * FROM frame`), never row by row. Each write is one transaction, so a run that
+dies at any point leaves a day either fully old or fully new.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
+
+from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, REJECT_SCHEMA
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS order_statuses (
+    order_id VARCHAR,
+    order_status_id VARCHAR NOT NULL,
+    supplier_order_id VARCHAR,
+    order_date TIMESTAMPTZ NOT NULL,
+    po_number VARCHAR,
+    item VARCHAR,
+    customer VARCHAR,
+    supplier VARCHAR,
+    status VARCHAR,
+    customer_email VARCHAR,
+    tracking_number VARCHAR,
+    tracking_url VARCHAR,
+    carrier VARCHAR,
+    delivery_date TIMESTAMPTZ,
+    delivery_utc_offset VARCHAR,
+    order_day DATE NOT NULL,
+    fetched_at TIMESTAMPTZ NOT NULL,
+    extra_fields VARCHAR
+);
+CREATE TABLE IF NOT EXISTS order_status_rejects (
+    order_day DATE,
+    order_status_id VARCHAR,
+    reason VARCHAR NOT NULL,
+    raw_json VARCHAR NOT NULL,
+    fetched_at TIMESTAMPTZ NOT NULL,
+    source VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS order_status_loads (
+    order_day DATE NOT NULL,
+    api_total INTEGER NOT NULL,
+    rows_stored INTEGER NOT NULL,
+    rejects INTEGER NOT NULL,
+    duplicates_dropped INTEGER NOT NULL,
+    pages_fetched INTEGER NOT NULL,
+    paging_passes INTEGER NOT NULL,
+    api_total_consistent BOOLEAN NOT NULL,
+    extra_field_names VARCHAR[],
+    fetched_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS order_status_history (
+    order_status_id VARCHAR NOT NULL,
+    order_day DATE,
+    status VARCHAR,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    last_seen_at TIMESTAMPTZ NOT NULL,
+    is_latest BOOLEAN NOT NULL
+);
+"""
+
+COMMENTS = {
+    "order_statuses": (
+        "One row per OrderSync order line (order_status_id) with its latest known status. Loaded per UTC day "
+        "of order_date from the by-date endpoint; open lines refreshed daily via by-po-numbers.",
+        {
+            "order_id": "OrderSync order id; several lines can share it",
+            "order_status_id": "The line's own id (unique per row)",
+            "supplier_order_id": "Order id assigned by the supplier/OEM",
+            "order_date": "When the order was placed (UTC, microseconds)",
+            "po_number": "Retailer PO number; one PO can have several lines and span days",
+            "item": "Product name",
+            "customer": "End customer's name (personal data; raw, hashed or null per ORDERSYNC_PII_MODE)",
+            "supplier": "Supplier / OEM name",
+            "status": "Current status as last seen (processing, backordered, shipped, in_transit, delivered, cancelled, or anything new the API sends)",
+            "customer_email": "End customer's email (personal data; raw, hashed or null per ORDERSYNC_PII_MODE)",
+            "tracking_number": "Carrier tracking number; null until shipped",
+            "tracking_url": "Carrier tracking URL; null until shipped",
+            "carrier": "Carrier name; null until shipped",
+            "delivery_date": "When the line was delivered (converted to UTC); null until delivered",
+            "delivery_utc_offset": "The local UTC offset delivery_date was reported with, e.g. -08:00",
+            "order_day": "UTC day of order_date: the Dagster partition the line belongs to",
+            "fetched_at": "When this version of the line was fetched from the API (UTC)",
+            "extra_fields": "JSON object of fields the API sent that the reference does not list; null if none",
+        },
+    ),
+    "order_status_rejects": (
+        "Records the API sent that break the contract (missing id, unparseable date, wrong type, wrong day): "
+        "kept with the reason and raw JSON instead of being dropped.",
+        {"order_day": "Day requested from by-date (null for refresh look-ups)", "reason": "Why it was rejected",
+         "raw_json": "The record exactly as received", "source": "Endpoint that returned it"},
+    ),
+    "order_status_loads": (
+        "One row per loaded day: what the API reported and what was stored (feeds the row-count check).",
+        {"api_total": "meta.total the API reported for the day", "rows_stored": "Rows written to order_statuses",
+         "api_total_consistent": "False when the API's total never matched the lines it returned"},
+    ),
+    "order_status_history": (
+        "Each line's statuses as observed: one row per status spell, with when it was first and last seen. "
+        "The API only shows the current status; this table is the only record of how a line moved.",
+        {"first_seen_at": "First fetch that showed this status", "last_seen_at": "Latest fetch that still showed it",
+         "is_latest": "True on the line's most recent status spell"},
+    ),
+}
+
+
+class WarehouseLockedError(RuntimeError):
+    """The DuckDB file is held by another process; nothing was written."""
+
+
+@dataclass(frozen=True)
+class DayLoad:
+    """What a by-date fetch of one day produced, ready to be stored."""
+
+    day: dt.date
+    rows: pl.DataFrame
+    rejects: pl.DataFrame
+    api_total: int
+    duplicates_dropped: int
+    pages_fetched: int
+    paging_passes: int
+    api_total_consistent: bool
+    extra_field_names: tuple[str, ...]
+    fetched_at: dt.datetime
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(SCHEMA_SQL)
+    apply_comments(conn, COMMENTS)
+
+
+def apply_comments(conn: duckdb.DuckDBPyConnection, comments: dict[str, tuple[str, dict[str, str]]]) -> None:
+    """COMMENT ON the tables and columns, so DBeaver and `duckdb_columns()` explain them in the file."""
+    for table, (table_comment, columns) in comments.items():
+        conn.execute(f"COMMENT ON TABLE {table} IS {_sql_string(table_comment)}")
+        for column, comment in columns.items():
+            conn.execute(f"COMMENT ON COLUMN {table}.{column} IS {_sql_string(comment)}")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def replace_day(conn: duckdb.DuckDBPyConnection, load: DayLoad) -> None:
+    """Swap one day's rows, rejects and load record, and record status history, in one transaction."""
+    rows = load.rows.select(list(ORDER_STATUS_SCHEMA))
+    rejects = load.rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-date").alias("source"))
+    loads = pl.DataFrame(
+        {"order_day": [load.day], "api_total": [load.api_total], "rows_stored": [rows.height],
+         "rejects": [rejects.height], "duplicates_dropped": [load.duplicates_dropped],
+         "pages_fetched": [load.pages_fetched], "paging_passes": [load.paging_passes],
+         "api_total_consistent": [load.api_total_consistent], "extra_field_names": [list(load.extra_field_names)],
+         "fetched_at": [load.fetched_at]},
+        schema_overrides={"extra_field_names": pl.List(pl.String)},
+    )
+    with _transaction(conn):
+        conn.execute("DELETE FROM order_statuses WHERE order_day = ?", [load.day])
+        conn.execute("INSERT INTO order_statuses BY NAME SELECT * FROM rows")
+        conn.execute("DELETE FROM order_status_rejects WHERE order_day = ? AND source = 'by-date'", [load.day])
+        conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
+        conn.execute("DELETE FROM order_status_loads WHERE order_day = ?", [load.day])
+        conn.execute("INSERT INTO order_status_loads BY NAME SELECT * FROM loads")
+        _record_history(conn, rows)
+
+
+def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame) -> int:
+    """Overwrite the lines a look-up returned (matched by order_status_id); return how many were updated.
+
+    Only lines already stored are updated: a line of a day not loaded yet arrives with that day's load.
+    """
+    rows = rows.select(list(ORDER_STATUS_SCHEMA))
+    rejects = rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source"))
+    assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
+    with _transaction(conn):
+        updated = conn.execute(
+            f"UPDATE order_statuses AS t SET {assignments} FROM rows AS r WHERE t.order_status_id = r.order_status_id"
+        ).fetchone()[0]
+        # Rejects of look-ups belong to no day: keep only the latest refresh's.
+        conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
+        conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
+        stored = conn.sql("SELECT * FROM rows SEMI JOIN order_statuses USING (order_status_id)").pl()
+        _record_history(conn, stored)
+    return int(updated)
+
+
+def _record_history(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+    """Extend the line's current status spell, or close it and open a new one if the status changed."""
+    observed = rows.select("order_status_id", "order_day", "status", "fetched_at")
+    conn.execute("""
+        UPDATE order_status_history AS h SET last_seen_at = greatest(h.last_seen_at, o.fetched_at)
+        FROM observed AS o
+        WHERE h.is_latest AND h.order_status_id = o.order_status_id AND h.status IS NOT DISTINCT FROM o.status
+    """)
+    conn.execute("""
+        UPDATE order_status_history AS h SET is_latest = false
+        FROM observed AS o
+        WHERE h.is_latest AND h.order_status_id = o.order_status_id AND h.status IS DISTINCT FROM o.status
+    """)
+    conn.execute("""
+        INSERT INTO order_status_history
+        SELECT o.order_status_id, o.order_day, o.status, o.fetched_at, o.fetched_at, true
+        FROM observed AS o ANTI JOIN (SELECT order_status_id FROM order_status_history WHERE is_latest) AS h
+            USING (order_status_id)
+    """)
+
+
+class _transaction:
+    """BEGIN ... COMMIT, rolling back on any error (including KeyboardInterrupt)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def explain_lock_error(path: str, error: Exception) -> WarehouseLockedError:
+    """Turn DuckDB's lock error into one that says who holds the file and what to do."""
+    match = _LOCK_HOLDER.search(str(error))
+    holder = f"{match['program']} (PID {match['pid']})" if match else "another process"
+    return WarehouseLockedError(
+        f"The DuckDB file {path} is locked by {holder}, so this run could not write to it; nothing was written "
+        "or lost. DuckDB allows one writer or many readers, never both: an analyst's session, even read-only, "
+        "blocks the pipeline. Close that session (or query a copy of the file) and re-run the partition."
+    )
