@@ -1,0 +1,171 @@
+"""Derived tables analysts query: delivery lead times and open orders, each with a summary.
+
+Each mart is rebuilt from `order_statuses` in one transaction (CREATE OR REPLACE + comments), as of the
+run's partition day. The SQL that owns each table is here, beside its asset.
+"""
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
+from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
+from ordersync_pipeline.assets.refresh import order_status_refresh
+from ordersync_pipeline.partitions import daily_partitions, partition_days
+from ordersync_pipeline.resources import OrderSyncWarehouse
+from ordersync_pipeline.sync import CLOSED_STATUSES, open_lines_sql
+from ordersync_pipeline.warehouse import apply_comments
+
+MART = dict(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=DUCKDB_WRITERS_POOL,
+    kinds={"duckdb"},
+    group_name="marts",
+)
+
+DELIVERY_LEAD_TIMES_SQL = """
+CREATE OR REPLACE TABLE delivery_lead_times AS
+SELECT
+    order_status_id, order_id, po_number, supplier, carrier, item, order_date, delivery_date,
+    epoch(delivery_date - order_date) / 86400.0 AS lead_time_days,
+    CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE) AS order_week
+FROM order_statuses
+WHERE lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date
+ORDER BY order_date, order_status_id
+"""
+DELIVERY_LEAD_TIME_SUMMARY_SQL = """
+CREATE OR REPLACE TABLE delivery_lead_time_summary AS
+SELECT
+    supplier, carrier, order_week,
+    count(*) AS deliveries,
+    avg(lead_time_days) AS mean_days,
+    quantile_cont(lead_time_days, 0.5) AS p50_days,
+    quantile_cont(lead_time_days, 0.9) AS p90_days,
+    quantile_cont(lead_time_days, 0.95) AS p95_days,
+    max(lead_time_days) AS max_days
+FROM delivery_lead_times
+GROUP BY ALL
+ORDER BY supplier, carrier, order_week
+"""
+LEAD_TIME_COMMENTS = {
+    "delivery_lead_times": (
+        "One row per delivered line: how long from order to delivery. Lines delivered 'before' they were "
+        "ordered are left out (the delivery_not_before_order check lists them).",
+        {"lead_time_days": "delivery_date - order_date in fractional days",
+         "order_week": "Monday of the UTC week of order_date"},
+    ),
+    "delivery_lead_time_summary": (
+        "Lead-time statistics by supplier, carrier and week of order (from delivery_lead_times).",
+        {"deliveries": "Delivered lines", "p50_days": "Median lead time (days)", "p90_days": "90th percentile (days)",
+         "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
+    ),
+}
+
+AGE_BUCKETS = (("0-2", 0, 2), ("3-7", 3, 7), ("8-14", 8, 14), ("15-30", 15, 30), ("31+", 31, None))
+_AGE_BUCKET_CASE = "CASE " + " ".join(
+    f"WHEN age_days <= {high} THEN '{label}'" for label, _, high in AGE_BUCKETS if high is not None
+) + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
+_AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
+OPEN_ORDERS_SQL = f"""
+CREATE OR REPLACE TABLE open_orders AS
+SELECT *, {_AGE_BUCKET_CASE} AS age_bucket
+FROM (
+    SELECT order_status_id, order_id, po_number, supplier_order_id, supplier, item, status, carrier,
+           tracking_number, order_date, order_day, $as_of::DATE AS as_of_day,
+           date_diff('day', order_day, $as_of::DATE) AS age_days
+    FROM ({open_lines_sql("order_day <= $as_of::DATE")})
+)
+ORDER BY order_date, order_status_id
+"""
+OPEN_ORDER_SUMMARY_SQL = f"""
+CREATE OR REPLACE TABLE open_order_summary AS
+SELECT supplier, status, age_bucket, count(*) AS lines, count(DISTINCT order_id) AS orders,
+       min(order_date) AS oldest_order_date, max(age_days) AS oldest_age_days, any_value(as_of_day) AS as_of_day
+FROM open_orders
+GROUP BY supplier, status, age_bucket
+ORDER BY supplier, status, {_AGE_BUCKET_ORDER}
+"""
+OPEN_ORDER_COMMENTS = {
+    "open_orders": (
+        f"One row per open line (status not in {', '.join(CLOSED_STATUSES)}, case-insensitive) ordered on or "
+        "before as_of_day. Statuses the docs never mention are kept and counted as open.",
+        {"age_days": "Whole days from order_day to as_of_day", "as_of_day": "Partition day the table was built for",
+         "age_bucket": "0-2, 3-7, 8-14, 15-30 or 31+ days"},
+    ),
+    "open_order_summary": (
+        "Open lines by supplier, status and age bucket, with the oldest order of each group.",
+        {"lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date"},
+    ),
+}
+
+
+def _rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]], comments: dict) -> None:
+    """Run the CREATE OR REPLACE statements and the comments as one transaction."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for sql, params in statements:
+            conn.execute(sql, params or None)
+        apply_comments(conn, comments)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+LEAD_TIME_BINS = (1, 2, 3, 4, 5, 6, 7, 10, 14, 21, 30)
+
+
+def lead_time_histogram(lead_times: pl.Series) -> dg.MarkdownMetadataValue:
+    """A text bar chart of the lead-time distribution, readable in the asset's metadata panel."""
+    counts = []
+    edges = (0, *LEAD_TIME_BINS)
+    for low, high in zip(edges, (*LEAD_TIME_BINS, None)):
+        in_bin = (lead_times >= low) & (lead_times < high) if high is not None else lead_times >= low
+        counts.append((f"{low}-{high} d" if high is not None else f"{low}+ d", int(in_bin.sum())))
+    widest = max((n for _, n in counts), default=0) or 1
+    lines = [f"{label:>8} | {'█' * round(40 * n / widest):<40} {n}" for label, n in counts]
+    return dg.MetadataValue.md("Lead time (order → delivery), delivered lines:\n\n```\n" + "\n".join(lines) + "\n```")
+
+
+@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
+def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
+    """Tables `delivery_lead_times` (one row per delivered line) and `delivery_lead_time_summary`
+    (count, mean, p50, p90, p95, max by supplier, carrier and week of order)."""
+    with warehouse.connect() as conn:
+        _rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
+        lead_times = conn.sql("SELECT lead_time_days FROM delivery_lead_times").pl()["lead_time_days"]
+        by_supplier = conn.sql("""
+            SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
+                   round(quantile_cont(lead_time_days, 0.9), 2) AS p90_days
+            FROM delivery_lead_times GROUP BY 1 ORDER BY 1
+        """).pl()
+        metadata = table_metadata(conn, "delivery_lead_times")
+    headline = {}
+    if lead_times.len():
+        headline = {"mean_days": round(float(lead_times.mean()), 2),
+                    "p50_days": round(float(lead_times.quantile(0.5, "linear")), 2),
+                    "p90_days": round(float(lead_times.quantile(0.9, "linear")), 2)}
+    return dg.MaterializeResult(metadata={
+        **metadata, **headline,
+        "lead_time_distribution": lead_time_histogram(lead_times),
+        "by_supplier": markdown_table(by_supplier),
+    })
+
+
+@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
+def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
+    """Tables `open_orders` (one row per line not delivered and not cancelled, with its age in days as of
+    the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
+    as_of = partition_days(context)[-1]
+    with warehouse.connect() as conn:
+        _rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
+        summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()
+        older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchone()[0]
+        metadata = table_metadata(conn, "open_orders")
+    return dg.MaterializeResult(metadata={
+        **metadata,
+        "as_of_day": str(as_of),
+        "open_lines_older_than_7_days": int(older_than_week),
+        "summary": markdown_table(summary, max_rows=40),
+    })

@@ -1,0 +1,113 @@
+"""`order_status_refresh`: keep `order_statuses` current after a day was first loaded.
+
+Statuses move after their day is loaded (processing today, delivered next week). Each run for day D
+re-reads the trailing lookback window through by-date, then every still-open line of older days through
+the bulk by-po-numbers endpoint, and logs what it did in `order_status_refreshes`.
+"""
+
+import datetime as dt
+import os
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from ordersync_pipeline.assets.metadata import table_metadata
+from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
+from ordersync_pipeline.partitions import daily_partitions, partition_days
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.sync import fetch_day_load, refresh_open_lines_before
+from ordersync_pipeline.warehouse import apply_comments, replace_day
+
+REFRESH_LOG_SQL = """
+CREATE TABLE IF NOT EXISTS order_status_refreshes (
+    as_of_day DATE NOT NULL,
+    refreshed_at TIMESTAMPTZ NOT NULL,
+    lookback_days INTEGER NOT NULL,
+    days_refetched INTEGER NOT NULL,
+    lines_refetched INTEGER NOT NULL,
+    po_numbers_requested INTEGER NOT NULL,
+    supplier_orders_requested INTEGER NOT NULL,
+    lines_returned INTEGER NOT NULL,
+    lines_updated INTEGER NOT NULL,
+    api_requests INTEGER NOT NULL
+)
+"""
+REFRESH_LOG_COMMENTS = {
+    "order_status_refreshes": (
+        "One row per daily refresh: the lookback days re-read through by-date and the open older lines "
+        "re-read through by-po-numbers.",
+        {"as_of_day": "Partition day of the run", "lines_updated": "Older open lines overwritten with fresh statuses",
+         "api_requests": "HTTP requests the refresh made (retries included)"},
+    )
+}
+
+
+def default_lookback_days() -> int:
+    return int(os.environ.get("ORDERSYNC_LOOKBACK_DAYS", "14"))
+
+
+class RefreshConfig(dg.Config):
+    lookback_days: int = Field(
+        default_factory=default_lookback_days,
+        description="Days before the partition day re-read through by-date (default ORDERSYNC_LOOKBACK_DAYS or 14).",
+        ge=0,
+    )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[order_statuses],
+    pool=DUCKDB_WRITERS_POOL,
+    kinds={"duckdb"},
+    group_name="ordersync",
+)
+def order_status_refresh(
+    context: dg.AssetExecutionContext, config: RefreshConfig, ordersync: OrderSyncResource, warehouse: OrderSyncWarehouse
+) -> dg.MaterializeResult:
+    """Re-reads the lookback window (by-date) and every open line older than it (by-po-numbers, 100 PO
+    numbers per request), so `order_statuses` holds each line's latest status, however old the line."""
+    as_of = partition_days(context)[-1]
+    first_partition_day = dt.date.fromisoformat(daily_partitions.start.strftime("%Y-%m-%d"))
+    window_start = max(as_of - dt.timedelta(days=config.lookback_days), first_partition_day)
+    lookback = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
+    lines_refetched = 0
+    with ordersync.client() as client:
+        for day in lookback:
+            load = fetch_day_load(client, day, pii_mode=warehouse.pii_mode)
+            with warehouse.connect() as conn:
+                replace_day(conn, load)
+            lines_refetched += load.rows.height
+        context.log.info(f"re-read {len(lookback)} lookback days ({lines_refetched} lines) through by-date")
+        with warehouse.connect() as conn:
+            result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode)
+            context.log.info(
+                f"refreshed open lines ordered before {window_start}: {result.po_numbers_requested} PO numbers, "
+                f"{result.lines_returned} lines returned, {result.lines_updated} updated"
+            )
+            log_row = pl.DataFrame({
+                "as_of_day": [as_of], "refreshed_at": [dt.datetime.now(dt.timezone.utc)],
+                "lookback_days": [config.lookback_days], "days_refetched": [len(lookback)],
+                "lines_refetched": [lines_refetched], "po_numbers_requested": [result.po_numbers_requested],
+                "supplier_orders_requested": [result.supplier_orders_requested],
+                "lines_returned": [result.lines_returned], "lines_updated": [result.lines_updated],
+                "api_requests": [client.counter.requests],
+            })
+            conn.execute(REFRESH_LOG_SQL)
+            apply_comments(conn, REFRESH_LOG_COMMENTS)
+            conn.execute("INSERT INTO order_status_refreshes BY NAME SELECT * FROM log_row")
+            metadata = table_metadata(conn, "order_status_refreshes")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "as_of_day": str(as_of),
+            "lookback_days_refetched": len(lookback),
+            "lines_refetched": lines_refetched,
+            "po_numbers_requested": result.po_numbers_requested,
+            "older_open_lines_updated": result.lines_updated,
+            "rejects": result.rejects,
+            "api_requests": client.counter.requests,
+            "api_retries": client.counter.retries,
+        }
+    )
