@@ -1,0 +1,231 @@
+"""`ordersync`: the demo, live look-ups and the standalone simulator.
+
+    ordersync demo [--days 14] [--ui]            simulator + Dagster, no key needed
+    ordersync lookup po PO_NUMBER [--json]       live look-up by PO number
+    ordersync lookup supplier-order ID [--json]  live look-up by supplier order id
+    ordersync simulator [--port 8765]            serve the embedded simulator until Ctrl-C
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient, OrderSyncError
+from ordersync_pipeline.simulator.retailer import SimulatedRetailer
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator
+
+DEMO_DATABASE = "data/demo.duckdb"
+DEMO_DAGSTER_HOME = "data/dagster_home"
+INSTANCE_CONFIG = Path(__file__).parent / "deploy" / "dagster.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except OrderSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ordersync", description="OrderSync order-status pipeline tools")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the pipeline against the embedded simulator (no API key needed)")
+    demo.add_argument("--days", type=int, default=14, help="how many past days to load (default 14)")
+    demo.add_argument("--orders-per-day", type=int, default=300, help="simulated orders per day (default 300)")
+    demo.add_argument("--seed", type=int, default=7, help="simulator seed (same seed, same data)")
+    demo.add_argument("--database", default=DEMO_DATABASE, help=f"DuckDB file to write (default {DEMO_DATABASE})")
+    demo.add_argument("--ui", action="store_true", help="start `dagster dev` wired to the simulator instead")
+    demo.add_argument("--port", type=int, default=3000, help="Dagster UI port with --ui (default 3000)")
+    demo.set_defaults(run=run_demo)
+
+    lookup = commands.add_parser("lookup", help="look lines up live (ORDERSYNC_API_KEY, ORDERSYNC_BASE_URL)")
+    lookup.add_argument("kind", choices=("po", "supplier-order"), help="what the value is")
+    lookup.add_argument("value", help="the PO number or supplier order id (any characters)")
+    lookup.add_argument("--json", action="store_true", help="print the records as JSON")
+    lookup.add_argument("--simulator", action="store_true", help="look up in a freshly started embedded simulator")
+    lookup.set_defaults(run=run_lookup)
+
+    simulator = commands.add_parser("simulator", help="serve the embedded OrderSync simulator until Ctrl-C")
+    simulator.add_argument("--port", type=int, default=8765)
+    simulator.add_argument("--orders-per-day", type=int, default=300)
+    simulator.add_argument("--seed", type=int, default=7)
+    simulator.add_argument("--days", type=int, default=60, help="days of history before today")
+    simulator.add_argument("--faults", choices=("none", "heavy"), default="none", help="inject API failures")
+    simulator.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
+    simulator.set_defaults(run=run_simulator)
+    return parser
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def run_demo(args: argparse.Namespace) -> int:
+    if args.days < 1:
+        print("error: --days must be at least 1", file=sys.stderr)
+        return 2
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first_day, last_day = today - dt.timedelta(days=args.days), today - dt.timedelta(days=1)
+    retailer = SimulatedRetailer(seed=args.seed, orders_per_day=args.orders_per_day)
+    # History starts a month before the loaded range, so the refresh has older open lines to chase.
+    with OrderSyncSimulator(retailer, first_day=first_day - dt.timedelta(days=30)) as sim:
+        database = str(Path(args.database).resolve())
+        os.environ.update(
+            ORDERSYNC_API_KEY=SIMULATOR_API_KEY,
+            ORDERSYNC_BASE_URL=sim.base_url,
+            ORDERSYNC_DUCKDB_PATH=database,
+            ORDERSYNC_START_DATE=min(first_day, dt.date(2025, 1, 1)).isoformat(),
+        )
+        print(f"OrderSync simulator serving on {sim.base_url} ({args.orders_per_day} orders/day, seed {args.seed})")
+        if args.ui:
+            return _run_dagster_ui(args.port)
+        print(f"Loading {first_day} .. {last_day} through Dagster (daily_order_sync, one run) into {database}")
+        started = time.monotonic()
+        result = run_daily_order_sync(first_day, last_day)
+        elapsed = time.monotonic() - started
+        if not result.success:
+            print("error: the run failed; see the log above", file=sys.stderr)
+            return 1
+        print(f"\nDone in {elapsed:.1f} s, {sum(sim.requests.values())} API requests.\n")
+        print(demo_summary(database))
+        print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}")
+    return 0
+
+
+def run_daily_order_sync(first_day: dt.date, last_day: dt.date):
+    """Run daily_order_sync over a range of days in one in-process run, logging progress at INFO."""
+    from ordersync_pipeline.definitions import defs  # after the environment is set
+
+    import dagster as dg
+
+    return defs.resolve_job_def("daily_order_sync").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        tags={"dagster/asset_partition_range_start": first_day.isoformat(),
+              "dagster/asset_partition_range_end": last_day.isoformat()},
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        raise_on_error=False,
+    )
+
+
+def demo_summary(database: str) -> str:
+    """Headline figures from the demo database, as an analyst would query them."""
+    import duckdb
+    import polars as pl
+
+    with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120), \
+            duckdb.connect(database, read_only=True) as conn:
+        sections = [
+            ("Rows per day", "SELECT order_day, count(*) AS lines, count(DISTINCT order_id) AS orders "
+                             "FROM order_statuses GROUP BY 1 ORDER BY 1"),
+            ("Statuses", "SELECT status, count(*) AS lines FROM order_statuses GROUP BY 1 ORDER BY 2 DESC"),
+            ("Lead time by carrier (days)", "SELECT carrier, count(*) AS delivered, round(avg(lead_time_days), 1) AS mean, "
+                                            "round(quantile_cont(lead_time_days, 0.5), 1) AS p50, "
+                                            "round(quantile_cont(lead_time_days, 0.9), 1) AS p90 "
+                                            "FROM delivery_lead_times GROUP BY 1 ORDER BY 1"),
+            ("Open lines by age", "SELECT age_bucket, count(*) AS lines, min(order_date) AS oldest "
+                                  "FROM open_orders GROUP BY 1 ORDER BY min(age_days)"),
+        ]
+        return "\n\n".join(f"{title}:\n{conn.sql(sql).pl()}" for title, sql in sections)
+
+
+def _run_dagster_ui(port: int) -> int:
+    home = Path(DEMO_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "ordersync_pipeline.definitions", "-h", "127.0.0.1",
+               "-p", str(port)]
+    print(f"Starting the Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); Ctrl-C stops everything.")
+    print("Materialize > order_statuses > pick a date range to launch a backfill against the simulator.")
+    with _process_group(command, env) as process:
+        return process.wait()
+
+
+@contextmanager
+def _process_group(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """Run `command` in its own process group with SIGINT restored, and stop the whole group after."""
+    process = subprocess.Popen(command, env=env, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# -- lookup ----------------------------------------------------------------------------------------
+LOOKUP_COLUMNS = ("po_number", "order_status_id", "supplier_order_id", "status", "supplier", "item", "carrier",
+                  "tracking_number", "order_date", "delivery_date")
+
+
+def run_lookup(args: argparse.Namespace) -> int:
+    if args.simulator:
+        with OrderSyncSimulator() as sim:
+            with OrderSyncClient(SIMULATOR_API_KEY, sim.base_url) as client:
+                records = _lookup(client, args.kind, args.value)
+    else:
+        api_key = os.environ.get("ORDERSYNC_API_KEY", "")
+        if not api_key:
+            print("error: ORDERSYNC_API_KEY is not set. Export the retailer's OrderSync key, or add --simulator "
+                  "to look up in the embedded simulator.", file=sys.stderr)
+            return 2
+        with OrderSyncClient(api_key, os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL)) as client:
+            records = _lookup(client, args.kind, args.value)
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    elif not records:
+        print(f"No lines found for {args.kind} {args.value!r}.")
+    else:
+        print(format_records_table(records))
+        print(f"{len(records)} line(s).")
+    return 0
+
+
+def _lookup(client: OrderSyncClient, kind: str, value: str) -> list:
+    return client.get_by_po(value) if kind == "po" else client.get_by_supplier_order(value)
+
+
+def format_records_table(records: list) -> str:
+    """A fixed-width table of the look-up columns (personal data left out; --json shows everything)."""
+    rows = [[str(r.get(c) or "") if isinstance(r, dict) else "" for c in LOOKUP_COLUMNS] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(LOOKUP_COLUMNS)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    return "\n".join([line.format(*LOOKUP_COLUMNS), line.format(*("-" * w for w in widths)),
+                      *(line.format(*row) for row in rows)])
+
+
+# -- simulator -------------------------------------------------------------------------------------
+def run_simulator(args: argparse.Namespace) -> int:
+    faults = Faults.heavy() if args.faults == "heavy" else Faults()
+    faults.latency_seconds = args.latency_ms / 1000
+    today = dt.datetime.now(dt.timezone.utc).date()
+    retailer = SimulatedRetailer(seed=args.seed, orders_per_day=args.orders_per_day)
+    with OrderSyncSimulator(retailer, first_day=today - dt.timedelta(days=args.days), faults=faults, port=args.port) as sim:
+        print(f"OrderSync simulator on {sim.base_url}\n  export ORDERSYNC_BASE_URL={sim.base_url}\n"
+              f"  export ORDERSYNC_API_KEY={SIMULATOR_API_KEY}\nCtrl-C to stop.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
