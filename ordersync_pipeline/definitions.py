@@ -8,13 +8,19 @@ from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.jobs import daily_order_sync, daily_order_sync_schedule
 from ordersync_pipeline.resources import resources_from_env
 
-defs = dg.Definitions(
-    assets=[order_statuses, order_status_refresh, delivery_lead_times, open_orders],
-    asset_checks=order_status_checks,
-    jobs=[daily_order_sync],
-    schedules=[daily_order_sync_schedule],
-    resources=resources_from_env(),
-    # Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
-    # run's own process, one after another (also the cheapest executor to start, per the stack notes).
-    executor=dg.in_process_executor,
-)
+
+def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
+    """The code location with the given resources (tests and the benchmark bind their own)."""
+    return dg.Definitions(
+        assets=[order_statuses, order_status_refresh, delivery_lead_times, open_orders],
+        asset_checks=order_status_checks,
+        jobs=[daily_order_sync],
+        schedules=[daily_order_sync_schedule],
+        resources=resources,
+        # Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
+        # run's own process, one after another (also the cheapest executor to start, per the stack notes).
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(resources_from_env())

@@ -133,8 +133,16 @@ class DayLoad:
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(SCHEMA_SQL)
-    apply_comments(conn, COMMENTS)
+    """Create the raw tables and their comments, unless they are all there already (the cheap, usual case)."""
+    present = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name IN "
+        f"({', '.join(_sql_string(name) for name in COMMENTS)})"
+    ).fetchall()[0][0]
+    if present == len(COMMENTS):
+        return
+    with _transaction(conn):
+        conn.execute(SCHEMA_SQL)
+        apply_comments(conn, COMMENTS)
 
 
 def apply_comments(conn: duckdb.DuckDBPyConnection, comments: dict[str, tuple[str, dict[str, str]]]) -> None:
@@ -182,7 +190,7 @@ def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame
     with _transaction(conn):
         updated = conn.execute(
             f"UPDATE order_statuses AS t SET {assignments} FROM rows AS r WHERE t.order_status_id = r.order_status_id"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         # Rejects of look-ups belong to no day: keep only the latest refresh's.
         conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")

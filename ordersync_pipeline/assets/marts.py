@@ -161,7 +161,7 @@ def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse
     with warehouse.connect() as conn:
         _rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
         summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()
-        older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchone()[0]
+        older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
         metadata = table_metadata(conn, "open_orders")
     return dg.MaterializeResult(metadata={
         **metadata,

@@ -21,7 +21,7 @@ def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, obj
             for name, data_type, nullable, comment in columns
         ]
     )
-    row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return {
         "dagster/row_count": dg.MetadataValue.int(int(row_count)),
         "dagster/column_schema": schema,

@@ -135,7 +135,7 @@ def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckR
             LEFT JOIN (SELECT order_day, count(*) AS stored FROM order_statuses GROUP BY 1) AS s USING (order_day)
             WHERE coalesce(s.stored, 0) <> l.api_total ORDER BY l.order_day
         """).pl()
-        days = conn.execute("SELECT count(*) FROM order_status_loads").fetchone()[0]
+        days = conn.execute("SELECT count(*) FROM order_status_loads").fetchall()[0][0]
     return _check(mismatched.is_empty(), dg.AssetCheckSeverity.ERROR,
                   f"{mismatched.height} of {days} loaded days differ from the API's total",
                   days_checked=int(days), mismatched_days=markdown_table(mismatched))

@@ -167,6 +167,10 @@ class SimulatedRetailer:
             lines = self._days[day] + self._late.get(day, [])
         return sorted(lines, key=lambda line: (line.order_date, line.order_status_id)) if day in self._late else lines
 
+    def late_line_count(self, day: dt.date) -> int:
+        with self._lock:
+            return len(self._late.get(day, ()))
+
     def records_for_day(self, day: dt.date, now: dt.datetime) -> list[dict]:
         """What by-date returns for `day` at `now`: lines already ordered, in API order."""
         return [r for line in self.lines_for_day(day) if (r := line.record_at(now)) is not None]

@@ -91,6 +91,7 @@ class OrderSyncSimulator:
         self._indexed_through: dt.date = self.first_day - dt.timedelta(days=1)
         self._by_po: dict[str, list[SimulatedLine]] = {}
         self._by_supplier_order: dict[str, list[SimulatedLine]] = {}
+        self._day_cache: dict[dt.date, tuple[tuple[dt.datetime, int], list[dict]]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -122,7 +123,14 @@ class OrderSyncSimulator:
     def records_for_day(self, day: dt.date) -> list[dict]:
         if day < self.first_day:
             return []
-        return self.retailer.records_for_day(day, self.clock.now())
+        now = self.clock.now()
+        late_lines = self.retailer.late_line_count(day)
+        cached = self._day_cache.get(day)
+        if cached is not None and cached[0] == (now, late_lines):
+            return cached[1]  # pages of one day at one moment: build the records once, not per page
+        records = self.retailer.records_for_day(day, now)
+        self._day_cache[day] = ((now, late_lines), records)
+        return records
 
     def records_for_days(self, first: dt.date, last: dt.date) -> list[dict]:
         days = (first + dt.timedelta(days=i) for i in range((last - first).days + 1))

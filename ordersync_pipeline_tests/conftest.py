@@ -1,0 +1,41 @@
+"""Shared fixtures: an embedded simulator with a fixed clock, and resources pointed at it."""
+
+import datetime as dt
+import warnings
+
+import pytest
+
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.simulator.retailer import SimulatedRetailer
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
+
+warnings.filterwarnings("ignore", category=Warning, module="dagster")
+
+# The simulator's "now" in most tests: early morning of 2025-12-10 UTC, so 2025-12-09 is complete.
+SIM_NOW = dt.datetime(2025, 12, 10, 6, 0, tzinfo=dt.timezone.utc)
+SIM_FIRST_DAY = dt.date(2025, 10, 1)
+
+
+@pytest.fixture
+def simulator():
+    retailer = SimulatedRetailer(seed=11, orders_per_day=60)
+    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
+        yield sim
+
+
+@pytest.fixture
+def database(tmp_path):
+    return str(tmp_path / "ordersync.duckdb")
+
+
+@pytest.fixture
+def resources(simulator, database):
+    return {
+        "ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=simulator.base_url),
+        "warehouse": OrderSyncWarehouse(database=database),
+    }
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Tags that make one in-process run cover a range of partitions (single-run backfill)."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}

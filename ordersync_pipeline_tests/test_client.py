@@ -1,0 +1,205 @@
+"""OrderSyncClient against httpx mock transports: paging, encoding, batching, errors, retries."""
+
+import datetime as dt
+import json
+
+import httpx
+import pytest
+
+from ordersync_pipeline.client import (
+    OrderSyncAuthError,
+    OrderSyncClient,
+    OrderSyncConfigError,
+    OrderSyncRequestError,
+    OrderSyncUnavailableError,
+)
+
+KEY = "pk_live_secret_do_not_print"
+DAY = dt.date(2025, 12, 5)
+
+
+def record(n: int, **fields) -> dict:
+    return {"order_status_id": f"line{n:05d}", "order_date": f"2025-12-05T10:00:{n % 60:02d}+00:00", **fields}
+
+
+def envelope(records, total, page, limit):
+    return {"data": records, "meta": {"total": total, "page": page, "limit": limit, "has_more": page * limit < total}}
+
+
+def paged_api(records: list[dict], requests: list[httpx.Request]):
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        assert request.headers["X-API-Key"] == KEY
+        page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
+        chunk = records[(page - 1) * limit : page * limit]
+        return httpx.Response(200, json=envelope(chunk, len(records), page, limit))
+    return handler
+
+
+def make_client(handler, **options) -> OrderSyncClient:
+    sleeps = options.pop("sleeps", [])
+    return OrderSyncClient(KEY, "https://api.example.test", transport=httpx.MockTransport(handler),
+                           sleep=sleeps.append, **options)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_by_date_reads_every_page_with_the_maximum_limit(concurrency):
+    records = [record(n) for n in range(250)]
+    requests: list[httpx.Request] = []
+    with make_client(paged_api(records, requests), max_concurrent_pages=concurrency) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert [r["order_status_id"] for r in fetch.records] == [r["order_status_id"] for r in records]
+    assert fetch.api_total == 250 and fetch.pages_fetched == 3 and fetch.passes == 1 and fetch.consistent
+    assert sorted(int(r.url.params["page"]) for r in requests) == [1, 2, 3]
+    for request in requests:
+        assert request.url.path == "/api/v1/orders/by-date"
+        assert request.url.params["start_date"] == request.url.params["end_date"] == "2025-12-05"
+        assert request.url.params["limit"] == "100"
+
+
+def test_an_empty_day_is_one_request():
+    requests: list[httpx.Request] = []
+    with make_client(paged_api([], requests)) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert fetch.records == [] and fetch.api_total == 0 and len(requests) == 1
+
+
+def test_paging_drift_is_detected_and_recovered_by_reading_the_day_again():
+    """Three new lines arrive after page 1 was read: page 2 repeats lines and one line is never returned
+    in that pass. The client must notice (count != total) and merge a second pass."""
+    day = [record(n) for n in range(150)]
+    late = [record(900 + n, order_date="2025-12-05T00:00:0%d+00:00" % n) for n in range(3)]
+    state = {"arrived": False}
+
+    def handler(request):
+        page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
+        if page == 2:
+            state["arrived"] = True
+        current = (late + day) if state["arrived"] else day  # late lines sort first: everything shifts
+        return httpx.Response(200, json=envelope(current[(page - 1) * limit : page * limit], len(current), page, limit))
+
+    with make_client(handler, max_concurrent_pages=1) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    ids = [r["order_status_id"] for r in fetch.records]
+    assert len(ids) == len(set(ids)) == 153
+    assert set(ids) == {r["order_status_id"] for r in late + day}
+    assert fetch.passes == 2 and fetch.duplicates_seen == 3 and fetch.consistent
+
+
+def test_an_api_whose_total_is_always_wrong_is_flagged_not_looped_on():
+    records = [record(n) for n in range(5)]
+
+    def handler(request):
+        return httpx.Response(200, json={"data": records, "meta": {"total": 6, "page": 1, "limit": 100, "has_more": False}})
+
+    with make_client(handler) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert len(fetch.records) == 5 and fetch.api_total == 6 and not fetch.consistent and fetch.passes == 2
+
+
+@pytest.mark.parametrize("value", ["PO/12#3", "50% off?", "Büro 7", "a b&c=d", "../etc"])
+def test_path_parameters_are_url_encoded(value):
+    seen: list[httpx.Request] = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json=envelope([record(1, po_number=value)], 1, 1, 1))
+
+    with make_client(handler) as client:
+        assert client.get_by_po(value)[0]["po_number"] == value
+        client.get_by_supplier_order(value)
+    prefixes = ["/api/v1/orders/by-po/", "/api/v1/orders/by-supplier-order/"]
+    for request, prefix in zip(seen, prefixes):
+        raw = request.url.raw_path.decode()
+        segment = raw[len(prefix):]
+        assert raw.startswith(prefix) and "/" not in segment and "?" not in segment and "#" not in segment
+        assert httpx.URL(raw).path == prefix + value  # decodes back to exactly the value
+
+
+def test_bulk_po_lookup_sends_at_most_100_distinct_numbers_per_request():
+    bodies: list[list[str]] = []
+
+    def handler(request):
+        assert request.method == "POST" and request.url.path == "/api/v1/orders/by-po-numbers"
+        numbers = json.loads(request.content)["po_numbers"]
+        bodies.append(numbers)
+        return httpx.Response(200, json=envelope([record(i, po_number=p) for i, p in enumerate(numbers)], len(numbers), 1, 100))
+
+    po_numbers = [f"PO{n}" for n in range(250)] + ["PO1", "PO2"]  # duplicates are asked once
+    with make_client(handler) as client:
+        records = client.get_by_po_numbers(po_numbers)
+    assert [len(b) for b in bodies] == [100, 100, 50]
+    assert [p for b in bodies for p in b] == [f"PO{n}" for n in range(250)]
+    assert len(records) == 250
+
+
+def test_a_bad_key_is_a_clear_authentication_error_without_the_key():
+    with make_client(lambda r: httpx.Response(401, json={"error": "Invalid API key"})) as client:
+        with pytest.raises(OrderSyncAuthError) as error:
+            client.get_by_po("AB1")
+    message = str(error.value)
+    assert "Invalid API key" in message and "ORDERSYNC_API_KEY" in message and KEY not in message
+
+
+def test_other_4xx_fail_at_once_with_the_server_message():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(400, json={"error": "start_date must be YYYY-MM-DD"})
+
+    with make_client(handler) as client:
+        with pytest.raises(OrderSyncRequestError) as error:
+            client.fetch_order_statuses_for_day(DAY)
+    assert "HTTP 400" in str(error.value) and "start_date must be YYYY-MM-DD" in str(error.value)
+    assert error.value.status_code == 400 and len(calls) == 1
+
+
+def test_429_and_5xx_are_retried_with_backoff_honouring_retry_after():
+    answers = [httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "slow down"}),
+               httpx.Response(503), httpx.Response(200, content=b'{"data": [, truncated'),
+               httpx.Response(200, json=envelope([record(1)], 1, 1, 100))]
+    sleeps: list[float] = []
+    with make_client(lambda r: answers.pop(0), sleeps=sleeps) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert len(fetch.records) == 1
+    assert len(sleeps) == 3 and sleeps[0] >= 7  # Retry-After is a floor
+    assert client.counter.requests == 4 and client.counter.retries == 3
+
+
+def test_dropped_connections_are_retried():
+    answers = [httpx.RemoteProtocolError("Server disconnected without sending a response."),
+               httpx.ReadTimeout("timed out"), httpx.Response(200, json=envelope([], 0, 1, 100))]
+
+    def handler(request):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with make_client(handler) as client:
+        assert client.fetch_order_statuses_for_day(DAY).records == []
+
+
+def test_retries_are_bounded_and_end_in_a_clear_error():
+    with make_client(lambda r: httpx.Response(502), max_attempts=3) as client:
+        with pytest.raises(OrderSyncUnavailableError) as error:
+            client.get_by_po("AB1")
+    assert "after 3 attempts" in str(error.value) and "HTTP 502" in str(error.value)
+    assert KEY not in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["http://api.withordersync.com", "ftp://x", "not a url", "http://10.0.0.5:8000"])
+def test_plain_http_or_odd_urls_are_refused(url):
+    with pytest.raises(OrderSyncConfigError):
+        OrderSyncClient(KEY, url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8765", "http://localhost:1", "http://[::1]:80", "https://api.withordersync.com"])
+def test_https_and_loopback_are_accepted(url):
+    OrderSyncClient(KEY, url).close()
+
+
+def test_an_empty_key_is_refused_with_what_to_do():
+    with pytest.raises(OrderSyncConfigError, match="ORDERSYNC_API_KEY"):
+        OrderSyncClient("  ", "https://api.withordersync.com")

@@ -1,0 +1,124 @@
+"""normalise_order_statuses as a pure function: types, offsets, nulls, duplicates, rejects, extras."""
+
+import datetime as dt
+import hashlib
+import json
+
+import polars as pl
+import pytest
+
+from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, TEXT_FIELDS, normalise_order_statuses
+
+FETCHED = dt.datetime(2025, 12, 10, 6, 30, tzinfo=dt.timezone.utc)
+UTC = dt.timezone.utc
+REFERENCE_RECORD = {  # the example of the reference page
+    "order_id": "abcd12345678", "order_status_id": "aabbccdd12345678", "supplier_order_id": "FD123456",
+    "order_date": "2025-12-03T09:35:23.961116+00:00", "po_number": "AB12345", "item": "Cobra DS Adapt",
+    "customer": "Tom Thomas", "supplier": "cobra puma golf", "status": "delivered", "customer_email": "tt@gmail.com",
+    "tracking_number": "12345678",
+    "tracking_url": "https://www.fedex.com/apps/fedextrack/?tracknumbers=12345678&cntry_code=US",
+    "carrier": "fedex", "delivery_date": "2025-12-09T13:05:00-08:00",
+}
+
+
+def normalise(records, **options):
+    return normalise_order_statuses(records, fetched_at=FETCHED, **options)
+
+
+def test_the_reference_record_is_typed_with_offsets_applied():
+    result = normalise([REFERENCE_RECORD], expected_day=dt.date(2025, 12, 3))
+    assert result.rows.schema == pl.Schema(ORDER_STATUS_SCHEMA)
+    row = result.rows.row(0, named=True)
+    assert row["order_date"] == dt.datetime(2025, 12, 3, 9, 35, 23, 961116, tzinfo=UTC)  # microseconds kept
+    assert row["delivery_date"] == dt.datetime(2025, 12, 9, 21, 5, tzinfo=UTC)  # -08:00 applied, not dropped
+    assert row["delivery_utc_offset"] == "-08:00"
+    assert row["order_day"] == dt.date(2025, 12, 3)
+    assert row["fetched_at"] == FETCHED
+    for name in TEXT_FIELDS:
+        if name not in ("order_date", "delivery_date"):
+            assert row[name] == REFERENCE_RECORD[name]
+    assert row["extra_fields"] is None and result.rejects.is_empty()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2025-12-03T23:30:00-05:00", dt.datetime(2025, 12, 4, 4, 30, tzinfo=UTC)),
+    ("2025-12-03T09:00:00Z", dt.datetime(2025, 12, 3, 9, 0, tzinfo=UTC)),
+    ("2025-12-03 09:00:00.5+01:00", dt.datetime(2025, 12, 3, 8, 0, 0, 500000, tzinfo=UTC)),
+    ("2025-12-03T09:00:00.000001+05:30", dt.datetime(2025, 12, 3, 3, 30, 0, 1, tzinfo=UTC)),
+])
+def test_timestamps_in_any_offset_become_utc(text, expected):
+    result = normalise([{**REFERENCE_RECORD, "delivery_date": text}])
+    assert result.rows["delivery_date"][0] == expected
+
+
+def test_a_day_is_the_utc_day_of_order_date():
+    late_evening_in_new_york = {**REFERENCE_RECORD, "order_date": "2025-12-03T21:00:00-05:00"}
+    assert normalise([late_evening_in_new_york]).rows["order_day"][0] == dt.date(2025, 12, 4)
+
+
+def test_null_and_absent_fields_become_nulls():
+    unshipped = {"order_status_id": "x1", "order_id": "o1", "order_date": "2025-12-03T10:00:00+00:00",
+                 "status": "processing", "tracking_number": None, "delivery_date": None}
+    row = normalise([unshipped]).rows.row(0, named=True)
+    for name in ("tracking_number", "tracking_url", "carrier", "delivery_date", "delivery_utc_offset", "customer",
+                 "supplier_order_id", "extra_fields"):
+        assert row[name] is None
+    assert row["status"] == "processing"
+
+
+def test_one_row_per_order_status_id_keeping_the_last_copy():
+    first = {**REFERENCE_RECORD, "status": "shipped"}
+    result = normalise([first, {**REFERENCE_RECORD, "order_status_id": "other"}, REFERENCE_RECORD])
+    assert result.rows.height == 2 and result.duplicates_dropped == 1
+    assert result.rows.filter(pl.col("order_status_id") == "aabbccdd12345678")["status"].to_list() == ["delivered"]
+
+
+def test_unknown_fields_are_kept_as_json_and_reported():
+    result = normalise([{**REFERENCE_RECORD, "warehouse": "NJ-2", "weight_kg": 1.5}])
+    assert json.loads(result.rows["extra_fields"][0]) == {"warehouse": "NJ-2", "weight_kg": 1.5}
+    assert result.extra_field_names == ("warehouse", "weight_kg")
+
+
+def test_numbers_in_text_fields_keep_their_value_as_text():
+    row = normalise([{**REFERENCE_RECORD, "po_number": 12345, "tracking_number": 987654321012}]).rows.row(0, named=True)
+    assert row["po_number"] == "12345" and row["tracking_number"] == "987654321012"
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({**REFERENCE_RECORD, "order_status_id": None}, "missing order_status_id"),
+    ({k: v for k, v in REFERENCE_RECORD.items() if k != "order_status_id"}, "missing order_status_id"),
+    ({**REFERENCE_RECORD, "order_date": None}, "missing order_date"),
+    ({**REFERENCE_RECORD, "order_date": "03/12/2025"}, "unparseable order_date 03/12/2025"),
+    ({**REFERENCE_RECORD, "order_date": "2025-12-03T09:35:23"}, "unparseable order_date"),  # no offset: ambiguous
+    ({**REFERENCE_RECORD, "delivery_date": "soon"}, "unparseable delivery_date soon"),
+    ({**REFERENCE_RECORD, "status": {"code": 3}}, "status is a JSON object, expected a string"),
+    ({**REFERENCE_RECORD, "item": ["a", "b"]}, "item is a JSON array"),
+    ({**REFERENCE_RECORD, "carrier": True}, "carrier is a JSON boolean"),
+    ({**REFERENCE_RECORD, "order_date": "2025-12-04T00:00:00+00:00"}, "outside the requested day 2025-12-03"),
+    ("just a string", "record is a JSON str, expected an object"),
+])
+def test_contract_breaking_records_are_rejected_with_reason_and_raw_json(bad, reason):
+    good = {**REFERENCE_RECORD, "order_status_id": "good-one"}
+    result = normalise([good, bad], expected_day=dt.date(2025, 12, 3))
+    assert result.rows["order_status_id"].to_list() == ["good-one"]  # the day goes on
+    assert result.rejects.height == 1
+    reject = result.rejects.row(0, named=True)
+    assert reason in reject["reason"]
+    assert json.loads(reject["raw_json"]) == bad
+    assert reject["order_day"] == dt.date(2025, 12, 3) and reject["fetched_at"] == FETCHED
+
+
+def test_personal_data_can_be_hashed_or_dropped():
+    hashed = normalise([REFERENCE_RECORD], pii_mode="hash").rows.row(0, named=True)
+    assert hashed["customer_email"] == hashlib.sha256(b"tt@gmail.com").hexdigest()
+    assert hashed["customer"] == hashlib.sha256(b"tom thomas").hexdigest()
+    dropped = normalise([REFERENCE_RECORD], pii_mode="drop").rows.row(0, named=True)
+    assert dropped["customer"] is None and dropped["customer_email"] is None
+    with pytest.raises(ValueError, match="pii_mode"):
+        normalise([REFERENCE_RECORD], pii_mode="encrypt")
+
+
+def test_an_empty_page_gives_empty_typed_frames():
+    result = normalise([])
+    assert result.rows.is_empty() and result.rows.schema == pl.Schema(ORDER_STATUS_SCHEMA)
+    assert result.rejects.is_empty()

@@ -1,0 +1,113 @@
+"""Storing days in DuckDB: atomic replace, no duplicates, history, refreshes, lock errors."""
+
+import datetime as dt
+
+import duckdb
+import pytest
+
+from ordersync_pipeline import warehouse
+from ordersync_pipeline.normalise import normalise_order_statuses
+from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, ensure_schema, replace_day
+
+DAY = dt.date(2025, 12, 3)
+
+
+def line(n: int, status: str = "processing", day: dt.date = DAY) -> dict:
+    return {"order_status_id": f"L{n}", "order_id": f"O{n // 2}", "po_number": f"PO{n // 2}",
+            "order_date": f"{day}T10:{n:02d}:00+00:00", "status": status, "supplier": "titleist"}
+
+
+def day_load(records: list[dict], fetched_at: dt.datetime, day: dt.date = DAY) -> DayLoad:
+    result = normalise_order_statuses(records, fetched_at=fetched_at, expected_day=day)
+    return DayLoad(day, result.rows, result.rejects, len(records), result.duplicates_dropped, 1, 1, True,
+                   result.extra_field_names, fetched_at)
+
+
+def at(hour: int, day: int = 10) -> dt.datetime:
+    return dt.datetime(2025, 12, day, hour, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def conn(tmp_path):
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_schema(connection)
+    yield connection
+    connection.close()
+
+
+def test_replacing_a_day_twice_never_duplicates(conn):
+    replace_day(conn, day_load([line(n) for n in range(5)], at(1)))
+    replace_day(conn, day_load([line(n, "shipped") for n in range(1, 6)], at(2)))
+    rows = conn.execute("SELECT order_status_id, status FROM order_statuses ORDER BY 1").fetchall()
+    assert rows == [(f"L{n}", "shipped") for n in range(1, 6)]  # L0 gone: the day is exactly the new read
+    assert conn.execute("SELECT api_total, rows_stored FROM order_status_loads").fetchall() == [(5, 5)]
+
+
+def test_replacing_one_day_leaves_other_days_alone(conn):
+    other = DAY + dt.timedelta(days=1)
+    replace_day(conn, day_load([line(n) for n in range(3)], at(1)))
+    replace_day(conn, day_load([line(n + 50, day=other) for n in range(2)], at(1), day=other))
+    replace_day(conn, day_load([line(0)], at(2)))
+    assert conn.execute("SELECT order_day, count(*) FROM order_statuses GROUP BY 1 ORDER BY 1").fetchall() == [
+        (DAY, 1), (other, 2)]
+
+
+def test_a_failure_mid_write_leaves_the_previous_rows(conn, monkeypatch):
+    replace_day(conn, day_load([line(n) for n in range(4)], at(1)))
+    before = conn.execute("SELECT * FROM order_statuses ORDER BY order_status_id").fetchall()
+
+    def fail(*args, **kwargs):  # after the DELETE and INSERT have run inside the transaction
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(warehouse, "_record_history", fail)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        replace_day(conn, day_load([line(9, "delivered")], at(2)))
+    assert conn.execute("SELECT * FROM order_statuses ORDER BY order_status_id").fetchall() == before
+    assert conn.execute("SELECT fetched_at FROM order_status_loads").fetchall() == [(at(1),)]
+
+
+def test_history_records_each_status_spell_once(conn):
+    for hour, status in [(1, "processing"), (2, "processing"), (3, "shipped"), (4, "shipped"), (5, "delivered")]:
+        replace_day(conn, day_load([line(0, status)], at(hour)))
+    history = conn.execute(
+        "SELECT status, first_seen_at, last_seen_at, is_latest FROM order_status_history ORDER BY first_seen_at"
+    ).fetchall()
+    assert history == [("processing", at(1), at(2), False), ("shipped", at(3), at(4), False),
+                       ("delivered", at(5), at(5), True)]
+
+
+def test_refreshes_update_exactly_the_returned_lines_that_are_stored(conn):
+    replace_day(conn, day_load([line(n) for n in range(4)], at(1)))
+    fresh = normalise_order_statuses([line(1, "delivered"), line(2, "cancelled"), line(77, "shipped")],
+                                     fetched_at=at(5))
+    updated = apply_refreshed_statuses(conn, fresh.rows, fresh.rejects)
+    assert updated == 2
+    assert conn.execute("SELECT order_status_id, status FROM order_statuses ORDER BY 1").fetchall() == [
+        ("L0", "processing"), ("L1", "delivered"), ("L2", "cancelled"), ("L3", "processing")]
+    assert conn.execute("SELECT count(*) FROM order_status_history WHERE order_status_id = 'L77'").fetchall()[0] == (0,)
+    assert conn.execute(
+        "SELECT status FROM order_status_history WHERE order_status_id = 'L1' ORDER BY first_seen_at").fetchall() == [
+        ("processing",), ("delivered",)]
+
+
+def test_rejects_are_stored_with_their_day_and_replaced_with_it(conn):
+    bad = {"order_date": f"{DAY}T01:00:00+00:00", "status": "processing"}
+    replace_day(conn, day_load([line(0), bad], at(1)))
+    replace_day(conn, day_load([line(0), bad], at(2)))
+    assert conn.execute("SELECT order_day, reason, source FROM order_status_rejects").fetchall() == [
+        (DAY, "missing order_status_id", "by-date")]
+
+
+def test_comments_are_stored_in_the_file(conn):
+    comment = conn.execute(
+        "SELECT comment FROM duckdb_columns() WHERE table_name = 'order_statuses' AND column_name = 'delivery_date'"
+    ).fetchall()[0][0]
+    assert "UTC" in comment
+    assert conn.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'order_statuses'").fetchall()[0][0]
+
+
+def test_a_lock_error_names_the_holder_and_what_to_do():
+    error = duckdb.IOException('IO Error: Could not set lock on file "/d/x.duckdb": Conflicting lock is held in '
+                               "/usr/bin/duckdb (PID 4242) by user ana.")
+    message = str(warehouse.explain_lock_error("/d/x.duckdb", error))
+    assert "/usr/bin/duckdb (PID 4242)" in message and "nothing was written" in message and "re-run" in message
