@@ -1,0 +1,38 @@
+"""A snapshot of the code location: the names analysts, schedules and scripts depend on."""
+
+import dagster as dg
+
+from ordersync_pipeline.definitions import defs
+
+
+def test_assets_checks_jobs_and_schedule_are_the_public_names():
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "order_statuses", "order_status_refresh", "delivery_lead_times", "open_orders"}
+    assert {key.name for key in graph.asset_check_keys} == {
+        "order_status_id_is_unique", "required_keys_not_null", "delivery_not_before_order",
+        "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records"}
+    job = defs.resolve_job_def("daily_order_sync")
+    assert job.partitions_def == graph.get(dg.AssetKey("order_statuses")).partitions_def
+    schedule = defs.resolve_schedule_def("daily_order_sync_schedule")
+    assert schedule.cron_schedule == "0 6 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_partitions_are_utc_days_from_the_configured_start():
+    partitions = defs.resolve_asset_graph().get(dg.AssetKey("order_statuses")).partitions_def
+    assert isinstance(partitions, dg.DailyPartitionsDefinition)
+    assert partitions.timezone == "UTC" and partitions.start.strftime("%Y-%m-%d") == "2025-01-01"
+
+
+def test_every_writer_is_in_the_duckdb_pool_with_a_single_run_backfill_policy():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assets_def = defs.resolve_assets_def(key)
+        assert assets_def.backfill_policy == dg.BackfillPolicy.single_run()
+        assert {op.pool for op in assets_def.node_def.iterate_op_defs()} == {"ordersync_duckdb"}
+
+
+def test_the_api_key_is_an_env_var_not_a_value():
+    resource = defs.resources["ordersync"]
+    assert isinstance(resource.api_key, dg.EnvVar) and resource.api_key.env_var_name == "ORDERSYNC_API_KEY"

@@ -1,0 +1,104 @@
+"""What a new user does from the README: the two commands, the demo, the analyst queries, the CLI."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ordersync_pipeline.cli import main
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def readme_top_commands() -> list[str]:
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    return [line for line in first_block.splitlines() if line.strip()]
+
+
+def analyst_queries() -> list[str]:
+    section = README.split("## For analysts", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def test_readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_test_one():
+    demo, tests = readme_top_commands()
+    assert demo.endswith("ordersync demo") and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
+
+
+@pytest.fixture(scope="module")
+def demo_database(tmp_path_factory):
+    """`ordersync demo` run as a user runs it: a separate process, no key in the environment."""
+    database = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSYNC_")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--days", "6", "--orders-per-day", "80",
+         "--database", str(database)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return database, completed.stdout + completed.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_loads_days_builds_marts_and_prints_a_summary(demo_database):
+    database, output = demo_database
+    for heading in ("Rows per day", "Statuses", "Lead time by carrier", "Open lines by age", f"DuckDB file: {database}"):
+        assert heading in output
+    assert re.search(r"\[6/6\] \d{4}-\d\d-\d\d: stored \d+ lines", output)  # progress, day by day
+    assert SIMULATOR_API_KEY not in output
+    with duckdb.connect(str(database), read_only=True) as conn:
+        days = conn.execute("SELECT count(DISTINCT order_day) FROM order_statuses").fetchall()[0][0]
+        marts = [conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                 for t in ("delivery_lead_times", "open_orders", "open_order_summary", "delivery_lead_time_summary")]
+    assert days >= 6 and all(count > 0 for count in marts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", analyst_queries())
+def test_readme_analyst_queries_run_on_the_demo_database(demo_database, query):
+    database, _ = demo_database
+    with duckdb.connect(str(database), read_only=True) as conn:
+        rows = conn.sql(query).fetchall()
+    assert rows, f"README query returned nothing on the demo database:\n{query}"
+
+
+def test_there_are_readme_queries_for_each_analyst_question():
+    joined = "\n".join(analyst_queries())
+    assert len(analyst_queries()) >= 3
+    assert "quantile_cont(lead_time_days, 0.9)" in joined and "age_days > 7" in joined
+
+
+def test_lookup_by_po_in_the_simulator_prints_a_table_and_json(simulator, capsys, monkeypatch):
+    record = simulator.records_for_days(simulator.first_day, simulator.first_day)[0]
+    monkeypatch.setenv("ORDERSYNC_API_KEY", SIMULATOR_API_KEY)
+    monkeypatch.setenv("ORDERSYNC_BASE_URL", simulator.base_url)
+    assert main(["lookup", "po", record["po_number"]]) == 0
+    table = capsys.readouterr().out
+    assert record["order_status_id"] in table and "line(s)." in table
+    assert record["customer_email"] not in table  # personal data stays out of the readable table
+    assert main(["lookup", "supplier-order", record["supplier_order_id"], "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert record in records and all(r["supplier_order_id"] == record["supplier_order_id"] for r in records)
+
+
+def test_lookup_without_a_key_says_what_to_do(capsys, monkeypatch):
+    monkeypatch.delenv("ORDERSYNC_API_KEY", raising=False)
+    assert main(["lookup", "po", "AB1"]) == 2
+    assert "ORDERSYNC_API_KEY is not set" in capsys.readouterr().err
+
+
+def test_lookup_with_a_wrong_key_is_a_clear_error(simulator, capsys, monkeypatch):
+    monkeypatch.setenv("ORDERSYNC_API_KEY", "pk_live_wrong_key_123")
+    monkeypatch.setenv("ORDERSYNC_BASE_URL", simulator.base_url)
+    assert main(["lookup", "po", "AB1"]) == 2
+    err = capsys.readouterr().err
+    assert "refused the API key" in err and "pk_live_wrong_key_123" not in err
