@@ -229,7 +229,7 @@ class OrderSyncClient:
         max_concurrent_pages: int = 4,
         requests_per_second: float | None = None,
         page_limit: int = MAX_PAGE_LIMIT,
-        max_paging_passes: int = 4,
+        max_paging_passes: int = 6,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -284,12 +284,12 @@ class OrderSyncClient:
     def fetch_order_statuses_for_day(self, day: dt.date) -> DayFetch:
         """Every record whose order_date falls on `day`, each exactly once.
 
-        The API pages by offset while new orders keep arriving, so one pass can return a line twice and
-        skip another. A pass is trusted only when the distinct lines it saw equal the `meta.total` it
-        ended with; otherwise the day is read again and passes are merged by order_status_id (later
-        reads win, lines are never deleted by the API). Two identical inconsistent passes mean the
-        API's count itself is wrong: the records are returned with `consistent=False` so the caller can
-        store them and flag it rather than loop forever.
+        The API pages by offset while new orders keep arriving: a line inserted before the page being read
+        shifts the rest, so one pass can return a line twice and never return the new one. Passes are
+        merged by order_status_id (later reads win; the API does not delete lines) until the merged lines
+        equal the `meta.total` of a pass during which the total did not move. Two identical passes that
+        still disagree with their total mean the API's count itself is wrong: the records are returned
+        with `consistent=False`, to be stored and flagged rather than re-read forever.
         """
         merged: dict[str, Any] = {}
         pages_fetched = duplicates_seen = 0
@@ -305,25 +305,23 @@ class OrderSyncClient:
                     record_id = record.get("order_status_id") if isinstance(record, dict) else None
                     if not isinstance(record_id, str) or not record_id:
                         id_less.append(record)
-                    elif record_id in pass_ids:
-                        duplicates_seen += 1
-                        merged[record_id] = record
-                    else:
-                        pass_ids.add(record_id)
-                        merged[record_id] = record
-            totals_agree = all(page.meta.total == api_total for page in pages)
-            if totals_agree and len(pass_ids) + len(id_less) == api_total:
-                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
-                                duplicates_seen, consistent=True)
-            frozen = frozenset(pass_ids)
-            if frozen == previous_pass_ids and totals_agree:
-                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
-                                duplicates_seen, consistent=False)
-            previous_pass_ids = frozen
+                        continue
+                    duplicates_seen += record_id in pass_ids
+                    pass_ids.add(record_id)
+                    merged[record_id] = record
+            total_held_still = all(page.meta.total == api_total for page in pages)
+            result = DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
+                              duplicates_seen, consistent=True)
+            if total_held_still and len(merged) + len(id_less) == api_total:
+                return result
+            if total_held_still and frozenset(pass_ids) == previous_pass_ids:
+                result.consistent = False
+                return result
+            previous_pass_ids = frozenset(pass_ids)
         raise OrderSyncPagingError(
-            f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes "
-            f"the API reports {api_total} lines but a pass returned {len(pass_ids) + len(id_less)} distinct "
-            "ones. Nothing was stored for this day; re-run the partition later."
+            f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes the API "
+            f"reports {api_total} lines and {len(merged) + len(id_less)} distinct ones were read. Nothing was "
+            "stored for this day; re-run the partition later."
         )
 
     def get_by_po(self, po_number: str) -> list[Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import tenacity
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -25,8 +26,10 @@ class OrderSyncResource(dg.ConfigurableResource):
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL; https only, except loopback.")
     max_concurrent_pages: int = Field(default=4, description="by-date pages fetched at once after the first.")
     requests_per_second: float | None = Field(default=None, description="Client-side request budget; None = no limit.")
-    max_attempts: int = Field(default=6, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
+    max_attempts: int = Field(default=8, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
     request_budget_seconds: float = Field(default=120.0, description="Total time one request may take, retries included.")
+    backoff_initial_seconds: float = Field(default=0.5, description="First retry delay; doubles, with jitter.")
+    backoff_max_seconds: float = Field(default=30.0, description="Longest delay between two attempts.")
 
     def client(self) -> OrderSyncClient:
         return OrderSyncClient(
@@ -36,6 +39,8 @@ class OrderSyncResource(dg.ConfigurableResource):
             requests_per_second=self.requests_per_second,
             max_attempts=self.max_attempts,
             request_budget_seconds=self.request_budget_seconds,
+            backoff_initial_seconds=self.backoff_initial_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
         )
 
 
@@ -43,24 +48,42 @@ class OrderSyncWarehouse(DuckDBResource):
     """The DuckDB file analysts query. Connections are short: opened per write, closed on any error."""
 
     pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
+    lock_timeout_seconds: float = Field(
+        default=120.0, description="How long a run waits for another process to release the file before failing."
+    )
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection with the schema in place; a held lock becomes a clear error."""
+        """A read-write connection with the schema in place.
+
+        Hand-written instead of DuckDBResource.get_connection(): that one waits a fixed ~100 s on a locked
+        file, ends in DuckDB's bare error, and does not close the connection when the body raises. Here the
+        wait is configurable and ends in an error that names the holder and what to do.
+        """
         if self.database != ":memory:" and not self.database.startswith("md:"):
             Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        waiting = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_lock_error),
+            stop=tenacity.stop_after_delay(self.lock_timeout_seconds),
+            wait=tenacity.wait_exponential_jitter(initial=0.1, max=5.0),
+            reraise=True,
+        )
+        config = {"custom_user_agent": "ordersync-pipeline", **self.connection_config}
         try:
-            context = self.get_connection()  # retries a locked file for about 100 s
-            conn = context.__enter__()
-        except (duckdb.IOException, RuntimeError) as exc:
-            if "lock" in str(exc).lower():
-                raise explain_lock_error(self.database, exc) from None
+            conn = waiting(duckdb.connect, self.database, read_only=False, config=config)
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if _is_lock_error(exc):
+                raise explain_lock_error(self.database, exc, waited_seconds=self.lock_timeout_seconds) from None
             raise
         try:
             ensure_schema(conn)
             yield conn
         finally:
-            conn.close()  # get_connection() does not close when the body raises
+            conn.close()
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and "lock" in str(exc).lower()
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:

@@ -35,6 +35,7 @@ def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "ra
         duplicates_dropped=normalised.duplicates_dropped,
         pages_fetched=fetch.pages_fetched,
         paging_passes=fetch.passes,
+        paging_duplicates=fetch.duplicates_seen,
         api_total_consistent=fetch.consistent,
         extra_field_names=normalised.extra_field_names,
         fetched_at=fetched_at,

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS order_status_loads (
     duplicates_dropped INTEGER NOT NULL,
     pages_fetched INTEGER NOT NULL,
     paging_passes INTEGER NOT NULL,
+    paging_duplicates INTEGER NOT NULL,
     api_total_consistent BOOLEAN NOT NULL,
     extra_field_names VARCHAR[],
     fetched_at TIMESTAMPTZ NOT NULL
@@ -101,6 +102,8 @@ COMMENTS = {
     "order_status_loads": (
         "One row per loaded day: what the API reported and what was stored (feeds the row-count check).",
         {"api_total": "meta.total the API reported for the day", "rows_stored": "Rows written to order_statuses",
+         "paging_passes": "Times the day was read: more than 1 when results shifted while paging",
+         "paging_duplicates": "Lines the API returned twice while paging (stored once)",
          "api_total_consistent": "False when the API's total never matched the lines it returned"},
     ),
     "order_status_history": (
@@ -127,6 +130,7 @@ class DayLoad:
     duplicates_dropped: int
     pages_fetched: int
     paging_passes: int
+    paging_duplicates: int  # lines the API returned twice while paging (dropped by the client)
     api_total_consistent: bool
     extra_field_names: tuple[str, ...]
     fetched_at: dt.datetime
@@ -165,6 +169,7 @@ def replace_day(conn: duckdb.DuckDBPyConnection, load: DayLoad) -> None:
         {"order_day": [load.day], "api_total": [load.api_total], "rows_stored": [rows.height],
          "rejects": [rejects.height], "duplicates_dropped": [load.duplicates_dropped],
          "pages_fetched": [load.pages_fetched], "paging_passes": [load.paging_passes],
+         "paging_duplicates": [load.paging_duplicates],
          "api_total_consistent": [load.api_total_consistent], "extra_field_names": [list(load.extra_field_names)],
          "fetched_at": [load.fetched_at]},
         schema_overrides={"extra_field_names": pl.List(pl.String)},
@@ -239,12 +244,13 @@ class _transaction:
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
 
-def explain_lock_error(path: str, error: Exception) -> WarehouseLockedError:
+def explain_lock_error(path: str, error: Exception, waited_seconds: float) -> WarehouseLockedError:
     """Turn DuckDB's lock error into one that says who holds the file and what to do."""
     match = _LOCK_HOLDER.search(str(error))
     holder = f"{match['program']} (PID {match['pid']})" if match else "another process"
     return WarehouseLockedError(
-        f"The DuckDB file {path} is locked by {holder}, so this run could not write to it; nothing was written "
+        f"The DuckDB file {path} is locked by {holder}; this run waited {waited_seconds:g} s for it and could not "
+        "write, so nothing was written "
         "or lost. DuckDB allows one writer or many readers, never both: an analyst's session, even read-only, "
         "blocks the pipeline. Close that session (or query a copy of the file) and re-run the partition."
     )

@@ -19,7 +19,7 @@ def line(n: int, status: str = "processing", day: dt.date = DAY) -> dict:
 
 def day_load(records: list[dict], fetched_at: dt.datetime, day: dt.date = DAY) -> DayLoad:
     result = normalise_order_statuses(records, fetched_at=fetched_at, expected_day=day)
-    return DayLoad(day, result.rows, result.rejects, len(records), result.duplicates_dropped, 1, 1, True,
+    return DayLoad(day, result.rows, result.rejects, len(records), result.duplicates_dropped, 1, 1, 0, True,
                    result.extra_field_names, fetched_at)
 
 
@@ -109,5 +109,5 @@ def test_comments_are_stored_in_the_file(conn):
 def test_a_lock_error_names_the_holder_and_what_to_do():
     error = duckdb.IOException('IO Error: Could not set lock on file "/d/x.duckdb": Conflicting lock is held in '
                                "/usr/bin/duckdb (PID 4242) by user ana.")
-    message = str(warehouse.explain_lock_error("/d/x.duckdb", error))
+    message = str(warehouse.explain_lock_error("/d/x.duckdb", error, waited_seconds=120))
     assert "/usr/bin/duckdb (PID 4242)" in message and "nothing was written" in message and "re-run" in message

@@ -38,7 +38,8 @@ def order_statuses(
                 replace_day(conn, load)
             per_day.append(
                 {"day": str(day), "rows": load.rows.height, "api_total": load.api_total, "rejects": load.rejects.height,
-                 "pages": load.pages_fetched, "passes": load.paging_passes, "duplicates": load.duplicates_dropped}
+                 "pages": load.pages_fetched, "passes": load.paging_passes,
+                 "paging_duplicates": load.paging_duplicates, "duplicates": load.duplicates_dropped}
             )
             context.log.info(
                 f"[{number}/{len(days)}] {day}: stored {load.rows.height} lines "
@@ -62,6 +63,8 @@ def order_statuses(
             "api_total": int(summary["api_total"].sum()),
             "rejects": int(summary["rejects"].sum()),
             "duplicates_dropped": int(summary["duplicates"].sum()),
+            "paging_duplicates": int(summary["paging_duplicates"].sum()),
+            "paging_passes": int(summary["passes"].sum()),
             "pages_fetched": int(summary["pages"].sum()),
             "api_requests": requests,
             "api_retries": retries,
@@ -74,7 +77,7 @@ def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **me
     return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
 
 
-@dg.asset_check(asset=order_statuses, description="order_status_id is unique across the table")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="order_status_id is unique across the table")
 def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
         duplicated = conn.sql(
@@ -89,7 +92,7 @@ def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
 REQUIRED_COLUMNS = ("order_status_id", "order_id", "order_date", "order_day", "status")
 
 
-@dg.asset_check(asset=order_statuses, description=f"{', '.join(REQUIRED_COLUMNS)} are never null")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description=f"{', '.join(REQUIRED_COLUMNS)} are never null")
 def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in REQUIRED_COLUMNS)
     with warehouse.connect() as conn:
@@ -100,7 +103,7 @@ def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult
                   **{f"nulls_{column}": int(count) for column, count in nulls.items()})
 
 
-@dg.asset_check(asset=order_statuses, description="delivery_date is never before order_date")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="delivery_date is never before order_date")
 def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
         bad = conn.sql(
@@ -112,7 +115,7 @@ def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
                   examples=markdown_table(bad, max_rows=10))
 
 
-@dg.asset_check(asset=order_statuses, description="statuses outside the known vocabulary (warns, listing them)")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="statuses outside the known vocabulary (warns, listing them)")
 def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     known = ", ".join(f"'{s}'" for s in KNOWN_STATUSES)
     with warehouse.connect() as conn:
@@ -126,7 +129,7 @@ def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheck
                   "(kept, and counted as open lines)", unknown_statuses=markdown_table(unknown))
 
 
-@dg.asset_check(asset=order_statuses, description="each loaded day holds exactly the API's meta.total lines")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="each loaded day holds exactly the API's meta.total lines")
 def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
         mismatched = conn.sql("""
@@ -141,7 +144,7 @@ def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckR
                   days_checked=int(days), mismatched_days=markdown_table(mismatched))
 
 
-@dg.asset_check(asset=order_statuses, description="records the API sent that broke the contract (warns)")
+@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="records the API sent that broke the contract (warns)")
 def no_rejected_records(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
         reasons = conn.sql(

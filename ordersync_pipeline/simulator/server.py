@@ -39,6 +39,7 @@ class Faults:
     slow_seconds: float = 1.0
     latency_seconds: float = 0.0  # added to every request (a real API across the internet)
     paging_drift: float = 0.0  # chance that a by-date page > 1 first inserts new lines into that day
+    paging_drift_events_per_day: int = 2  # late arrivals stop after this many per day, as they do for past days
     retry_after_seconds: float = 0.05
     seed: int = 1
 
@@ -85,6 +86,7 @@ class OrderSyncSimulator:
         self.api_key = api_key
         self.faults = faults or Faults()
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
+        self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -282,7 +284,9 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 raise _ApiError(400, "end_date must not be before start_date")
             page = _parse_int(query.get("page"), "page", 1, 1, 10**9)
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
-            if page > 1 and sim.faults.paging_drift and sim._fault_rng.random() < sim.faults.paging_drift:
+            if page > 1 and sim.faults.paging_drift and sim.drift_events[start] < sim.faults.paging_drift_events_per_day \
+                    and sim._fault_rng.random() < sim.faults.paging_drift:
+                sim.drift_events[start] += 1
                 sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
             records = sim.records_for_days(start, end)
             offset = (page - 1) * limit
