@@ -1,0 +1,148 @@
+"""Start dagster-webserver and dagster-daemon on loopback, drive them through GraphQL, stop them all."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+LOCATION = "ordersync_pipeline.definitions"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    # Own process group with SIGINT restored, so the whole tree can be stopped (see the stack notes).
+    return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Deployment:
+    def __init__(self, url: str, logs: Path):
+        self.url, self.logs = url, logs
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def repository(self) -> dict:
+        data = self.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
+        node = data["repositoriesOrError"]["nodes"][0]
+        return {"repositoryName": node["name"], "repositoryLocationName": node["location"]["name"]}
+
+    def launch_backfill(self, params: dict) -> str:
+        data = self.graphql("""
+            mutation($params: LaunchBackfillParams!) {
+              launchPartitionBackfill(backfillParams: $params) {
+                __typename
+                ... on LaunchBackfillSuccess { backfillId }
+                ... on PythonError { message }
+                ... on InvalidStepError { invalidStepKey }
+                ... on UnauthorizedError { message }
+              }
+            }""", {"params": params})
+        result = data["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return result["backfillId"]
+
+    def launch_partition_run(self, job: str, partition: str, tags: dict[str, str]) -> str:
+        """What the UI's Launch run does for one partition of a job."""
+        data = self.graphql("""
+            mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+              ... on RunConfigValidationInvalid { errors { message } } } }""",
+                            {"params": {"selector": {**self.repository(), "jobName": job},
+                                        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in
+                                                                       {**tags, "dagster/partition": partition}.items()]}}})
+        result = data["launchRun"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return result["run"]["runId"]
+
+    def wait_for_runs(self, tag: tuple[str, str], count: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs_tagged(*tag)
+            if len(runs) == count and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+                return runs
+            time.sleep(2)
+        raise AssertionError(f"runs tagged {tag} not finished after {timeout} s; logs in {self.logs}")
+
+    def wait_for_backfill(self, backfill_id: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = self.graphql("""
+                query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                  __typename ... on PartitionBackfill { status } ... on PythonError { message } } }""",
+                                {"id": backfill_id})
+            status = data["partitionBackfillOrError"].get("status")
+            if status in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"):
+                runs = self.backfill_runs(backfill_id)
+                if status != "COMPLETED" or all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+                    return status
+            time.sleep(2)
+        raise AssertionError(f"backfill {backfill_id} not finished after {timeout} s; logs in {self.logs}")
+
+    def backfill_runs(self, backfill_id: str) -> list[dict]:
+        return self.runs_tagged("dagster/backfill", backfill_id)
+
+    def runs_tagged(self, key: str, value: str) -> list[dict]:
+        data = self.graphql("""
+            query($key: String!, $value: String!) {
+              runsOrError(filter: {tags: [{key: $key, value: $value}]}, limit: 500) {
+                ... on Runs { results { runId status startTime endTime } } } }""", {"key": key, "value": value})
+        return data["runsOrError"]["results"]
+
+
+@contextmanager
+def running_deployment(dagster_home: Path, env: dict[str, str]):
+    """dagster-webserver + dagster-daemon for our code location, with DAGSTER_HOME; stopped on exit."""
+    port = free_port()
+    env = {**env, "DAGSTER_HOME": str(dagster_home)}
+    python_bin = Path(sys.executable).parent
+    webserver = _start([str(python_bin / "dagster-webserver"), "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
+                       env, dagster_home / "webserver.log")
+    daemon = _start([str(python_bin / "dagster-daemon"), "run", "-m", LOCATION], env, dagster_home / "daemon.log")
+    try:
+        deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if deployment.http.get("/server_info").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert webserver.poll() is None, (dagster_home / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "dagster-webserver did not start within 120 s"
+            time.sleep(1)
+        yield deployment
+    finally:
+        _stop(daemon)
+        _stop(webserver)

@@ -1,0 +1,63 @@
+"""Backfills launched through the GraphQL API the Dagster UI uses, run by a real webserver and daemon."""
+
+import datetime as dt
+import os
+import shutil
+
+import duckdb
+import pytest
+
+from ordersync_pipeline.cli import INSTANCE_CONFIG
+from ordersync_pipeline.simulator.retailer import SimulatedRetailer
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.dagster_deployment import running_deployment
+from ordersync_pipeline_tests.truth import assert_table_equals_truth
+
+pytestmark = pytest.mark.slow
+
+
+def days(first: dt.date, count: int) -> list[str]:
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def max_overlap(runs: list[dict]) -> int:
+    events = sorted([(r["startTime"], 1) for r in runs] + [(r["endTime"], -1) for r in runs])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    return peak
+
+
+def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")  # the pool limit the product ships
+    database = str(tmp_path / "ordersync.duckdb")
+    retailer = SimulatedRetailer(seed=21, orders_per_day=25)
+    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
+        env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
+               "ORDERSYNC_DUCKDB_PATH": database, "ORDERSYNC_LOOKBACK_DAYS": "2"}
+        with running_deployment(home, env) as ui:
+            # 1. An asset backfill of a week: one run (single-run backfill policy).
+            week = ui.launch_backfill({"partitionsByAssets": [{
+                "assetKey": {"path": ["order_statuses"]},
+                "partitions": {"range": {"start": "2025-11-01", "end": "2025-11-07"}}}]})
+            assert ui.wait_for_backfill(week, timeout=300) == "COMPLETED_SUCCESS"
+            assert len(ui.backfill_runs(week)) == 1
+            assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 11, 7)))
+
+            # 2. 30 days launched as 30 separate runs of daily_order_sync (what the UI's partition launcher,
+            # or schedule catch-up, does): several in flight, all writing one DuckDB file.
+            for day in days(dt.date(2025, 11, 8), 30):
+                ui.launch_partition_run("daily_order_sync", day, {"test": "thirty-runs"})
+            runs = ui.wait_for_runs(("test", "thirty-runs"), count=30, timeout=900)
+            failed = [r["runId"] for r in runs if r["status"] != "SUCCESS"]
+            assert not failed, f"{len(failed)} runs failed; logs in {home}"
+            assert max_overlap(runs) > 1, "expected several runs in flight at once"
+        daemon_log = (home / "daemon.log").read_text()
+        assert "Could not set lock" not in daemon_log
+        assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 12, 7)))
+        with duckdb.connect(database, read_only=True) as conn:
+            assert conn.execute("SELECT count(*) FROM order_status_refreshes").fetchall()[0][0] == 30
