@@ -4,6 +4,7 @@
     ordersync lookup po PO_NUMBER [--json]       live look-up by PO number
     ordersync lookup supplier-order ID [--json]  live look-up by supplier order id
     ordersync simulator [--port 8765]            serve the embedded simulator until Ctrl-C
+    ordersync bench [--days 90] [--latency-ms 0] measure ingest speed and memory against baselines
 """
 
 import argparse
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--json", action="store_true", help="print the records as JSON")
     lookup.add_argument("--simulator", action="store_true", help="look up in a freshly started embedded simulator")
     lookup.set_defaults(run=run_lookup)
+
+    bench = commands.add_parser("bench", add_help=False, help="measure ingest speed and memory (ordersync bench --help)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=lambda args: _bench_main(args.bench_args))
 
     simulator = commands.add_parser("simulator", help="serve the embedded OrderSync simulator until Ctrl-C")
     simulator.add_argument("--port", type=int, default=8765)
@@ -208,6 +213,12 @@ def format_records_table(records: list) -> str:
     line = "  ".join("{:<%d}" % w for w in widths)
     return "\n".join([line.format(*LOOKUP_COLUMNS), line.format(*("-" * w for w in widths)),
                       *(line.format(*row) for row in rows)])
+
+
+def _bench_main(argv: list[str]) -> int:
+    from ordersync_pipeline.bench import main as bench_main
+
+    return bench_main(argv)
 
 
 # -- simulator -------------------------------------------------------------------------------------

@@ -227,6 +227,7 @@ class OrderSyncClient:
         connect_timeout_seconds: float = 10.0,
         read_timeout_seconds: float = 60.0,
         max_concurrent_pages: int = 4,
+        max_connections: int = 10,
         requests_per_second: float | None = None,
         page_limit: int = MAX_PAGE_LIMIT,
         max_paging_passes: int = 6,
@@ -253,7 +254,7 @@ class OrderSyncClient:
             headers={"X-API-Key": api_key, "Accept": "application/json"},
             timeout=httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
             transport=transport,
-            limits=httpx.Limits(max_connections=max(10, max_concurrent_pages * 2)),
+            limits=httpx.Limits(max_connections=max(max_connections, max_concurrent_pages + 1)),
         )
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_retryable),

@@ -7,6 +7,10 @@ the assets do.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
@@ -40,6 +44,33 @@ def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "ra
         extra_field_names=normalised.extra_field_names,
         fetched_at=fetched_at,
     )
+
+
+def fetch_day_loads(
+    client: OrderSyncClient, days: list[dt.date], *, days_in_flight: int = 1, pii_mode: str = "raw"
+) -> Iterator[DayLoad]:
+    """DayLoads in day order, fetching up to `days_in_flight` days ahead while the caller stores one.
+
+    Memory stays bounded by the window, whatever the range: a year's backfill holds a few days at a time.
+    """
+    if days_in_flight <= 1:
+        yield from (fetch_day_load(client, day, pii_mode=pii_mode) for day in days)
+        return
+    with ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day") as pool:
+        pending: deque[Future[DayLoad]] = deque()
+        upcoming = iter(days)
+        for day in itertools.islice(upcoming, days_in_flight):
+            pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode))
+        try:
+            while pending:
+                load = pending.popleft().result()
+                next_day = next(upcoming, None)
+                if next_day is not None:
+                    pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode))
+                yield load
+        finally:
+            for future in pending:  # a failed or abandoned range stops fetching at once
+                future.cancel()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import polars as pl
 from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import KNOWN_STATUSES, fetch_day_load
+from ordersync_pipeline.sync import KNOWN_STATUSES, fetch_day_loads
 from ordersync_pipeline.warehouse import replace_day
 
 # Every asset that writes the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps writers
@@ -32,8 +32,9 @@ def order_statuses(
     days = partition_days(context)
     per_day = []
     with ordersync.client() as client:
-        for number, day in enumerate(days, start=1):
-            load = fetch_day_load(client, day, pii_mode=warehouse.pii_mode)
+        loads = fetch_day_loads(client, days, days_in_flight=ordersync.days_in_flight, pii_mode=warehouse.pii_mode)
+        for number, load in enumerate(loads, start=1):
+            day = load.day
             with warehouse.connect() as conn:
                 replace_day(conn, load)
             per_day.append(

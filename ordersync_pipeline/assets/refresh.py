@@ -16,7 +16,7 @@ from ordersync_pipeline.assets.metadata import table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import fetch_day_load, refresh_open_lines_before
+from ordersync_pipeline.sync import fetch_day_loads, refresh_open_lines_before
 from ordersync_pipeline.warehouse import apply_comments, replace_day
 
 REFRESH_LOG_SQL = """
@@ -74,8 +74,8 @@ def order_status_refresh(
     lookback = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
     lines_refetched = 0
     with ordersync.client() as client:
-        for day in lookback:
-            load = fetch_day_load(client, day, pii_mode=warehouse.pii_mode)
+        loads = fetch_day_loads(client, lookback, days_in_flight=ordersync.days_in_flight, pii_mode=warehouse.pii_mode)
+        for load in loads:
             with warehouse.connect() as conn:
                 replace_day(conn, load)
             lines_refetched += load.rows.height

@@ -25,6 +25,7 @@ from ordersync_pipeline.simulator.retailer import SimulatedLine, SimulatedRetail
 SIMULATOR_API_KEY = "pk_test_ordersync_simulator"
 _MAX_LIMIT = 100
 _MAX_PO_NUMBERS = 100
+_CACHED_DAYS = 64
 
 
 @dataclass
@@ -127,11 +128,15 @@ class OrderSyncSimulator:
             return []
         now = self.clock.now()
         late_lines = self.retailer.late_line_count(day)
-        cached = self._day_cache.get(day)
+        with self._lock:
+            cached = self._day_cache.get(day)
         if cached is not None and cached[0] == (now, late_lines):
             return cached[1]  # pages of one day at one moment: build the records once, not per page
         records = self.retailer.records_for_day(day, now)
-        self._day_cache[day] = ((now, late_lines), records)
+        with self._lock:
+            self._day_cache[day] = ((now, late_lines), records)
+            while len(self._day_cache) > _CACHED_DAYS:  # a year of records would not fit comfortably
+                self._day_cache.pop(next(iter(self._day_cache)))
         return records
 
     def records_for_days(self, first: dt.date, last: dt.date) -> list[dict]:

@@ -1,0 +1,231 @@
+"""`ordersync bench`: ingest speed and memory against the simulator, every figure against baselines
+measured in the same run on the same data. Prints figures; asserts nothing.
+
+    ordersync bench --days 365 --orders-per-day 1000 --latency-ms 0 --repeat 3
+    ordersync bench --days 90 --latency-ms 20
+
+Measured, each the median of --repeat runs:
+- raw-fetch limit: a bare httpx client that only downloads and parses every page, sequential and with
+  8 days in flight; the faster one is the limit the pipeline is compared with;
+- pipeline: `dagster asset materialize --select order_statuses --partition-range` as its own process
+  (whole-process wall, Dagster's start-up included; peak RSS of that process);
+- naive baseline: sequential paging and row-by-row `executemany` inserts, over --naive-days days;
+- marts: each mart's SQL over a synthetic table of --mart-lines lines;
+- the daily job: one partition with the default 14-day lookback and the open-line refresh.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+import httpx
+
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+
+RAW_THREADS = 8
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ordersync bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--orders-per-day", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="latency the simulator adds per request")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--naive-days", type=int, default=3, help="days the (slow) naive baseline loads")
+    parser.add_argument("--mart-lines", type=int, default=10_000_000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "marts", "daily"], help="parts to leave out")
+    args = parser.parse_args(argv)
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first, last = today - dt.timedelta(days=args.days), today - dt.timedelta(days=1)
+    with simulator_process(args) as base_url, tempfile.TemporaryDirectory() as workdir:
+        print(f"simulator {base_url}: {args.days} days x {args.orders_per_day} orders/day, "
+              f"{args.latency_ms:g} ms latency; warming up (generating every day once)...", flush=True)
+        lines = raw_fetch(base_url, first, last, threads=RAW_THREADS)[1]
+        rows: list[tuple[str, float, int, float | None]] = []  # (what, wall s, lines, peak RSS MB)
+
+        for threads, label in ((1, "raw fetch, sequential"), (RAW_THREADS, f"raw fetch, {RAW_THREADS} days in flight")):
+            walls = [raw_fetch(base_url, first, last, threads)[0] for _ in range(args.repeat)]
+            rows.append((label, statistics.median(walls), lines, None))
+        limit = min(rows[0][1], rows[1][1])
+
+        runs = [pipeline_run(base_url, first, last, Path(workdir) / f"p{i}.duckdb") for i in range(args.repeat)]
+        rows.append(("pipeline (one Dagster run, whole process)", statistics.median(r[0] for r in runs), lines,
+                     max(r[1] for r in runs)))
+
+        if "naive" not in args.skip:
+            naive_last = first + dt.timedelta(days=min(args.naive_days, args.days) - 1)
+            wall, naive_lines = naive_baseline(base_url, first, naive_last, Path(workdir) / "naive.duckdb")
+            rows.append((f"naive baseline ({naive_lines} lines, scaled to the range)", wall * lines / naive_lines,
+                         lines, None))
+
+        print(f"\n{'measure':<50} {'wall s':>9} {'lines/s':>10} {'x raw limit':>12} {'peak RSS MB':>12}")
+        for what, wall, count, rss in rows:
+            rss_text = f"{rss:,.0f}" if rss else "-"
+            print(f"{what:<50} {wall:>9.2f} {count / wall:>10,.0f} {wall / limit:>12.2f} {rss_text:>12}")
+        if "naive" not in args.skip:
+            print(f"pipeline is {rows[3][1] / rows[2][1]:.1f}x faster than the naive baseline")
+
+        if "daily" not in args.skip:
+            requests, wall = daily_job(base_url, last, Path(workdir) / "p0.duckdb")
+            print(f"\ndaily_order_sync for {last} (14-day lookback + open-line refresh): {requests} API requests, "
+                  f"{wall:.2f} s whole process")
+    if "marts" not in args.skip:
+        print()
+        mart_benchmark(args.mart_lines, args.repeat)
+    return 0
+
+
+class simulator_process:
+    """`ordersync simulator` in its own process, so it does not share the benchmark's CPU time (GIL)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.command = [sys.executable, "-m", "ordersync_pipeline.cli", "simulator", "--port", "0",
+                        "--orders-per-day", str(args.orders_per_day), "--days", str(args.days + 1),
+                        "--latency-ms", str(args.latency_ms)]
+
+    def __enter__(self) -> str:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
+        first_line = self.process.stdout.readline()
+        return first_line.split(" on ", 1)[1].strip()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _read_day(http: httpx.Client, day: dt.date) -> list[dict]:
+    records, page = [], 1
+    while True:
+        response = http.get("/api/v1/orders/by-date", params={"start_date": str(day), "page": page, "limit": 100})
+        body = response.json()
+        records.extend(body["data"])
+        if not body["meta"]["has_more"]:
+            return records
+        page += 1
+
+
+def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> tuple[float, int]:
+    """Download and parse every page, nothing else: the speed limit the API and this machine set."""
+    started = time.monotonic()
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=60,
+                      limits=httpx.Limits(max_connections=threads + 2)) as http:
+        if threads == 1:
+            counts = [len(_read_day(http, day)) for day in _days(first, last)]
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                counts = [len(r) for r in pool.map(lambda d: _read_day(http, d), _days(first, last))]
+    return time.monotonic() - started, sum(counts)
+
+
+def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path) -> tuple[float, float]:
+    """The README's range command as its own process: (wall seconds, peak RSS MB)."""
+    env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": base_url,
+           "ORDERSYNC_DUCKDB_PATH": str(database), "ORDERSYNC_START_DATE": str(min(first, dt.date(2025, 1, 1)))}
+    env.pop("DAGSTER_HOME", None)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "ordersync_pipeline.definitions",
+         "--select", "order_statuses", "--partition-range", f"{first}...{last}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    if status != 0:
+        raise SystemExit(f"pipeline run failed:\n{process.stderr.read()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def naive_baseline(base_url: str, first: dt.date, last: dt.date, database: Path) -> tuple[float, int]:
+    """What a first attempt looks like: sequential pages, Python parsing, one INSERT per row."""
+    started = time.monotonic()
+    conn = duckdb.connect(str(database))
+    conn.execute("CREATE TABLE order_statuses (order_status_id VARCHAR, order_id VARCHAR, order_date TIMESTAMPTZ, "
+                 "status VARCHAR, supplier VARCHAR, carrier VARCHAR, delivery_date TIMESTAMPTZ, po_number VARCHAR)")
+    count = 0
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=60) as http:
+        for day in _days(first, last):
+            rows = [(r["order_status_id"], r["order_id"], dt.datetime.fromisoformat(r["order_date"]), r["status"],
+                     r["supplier"], r["carrier"],
+                     dt.datetime.fromisoformat(r["delivery_date"]) if r["delivery_date"] else None, r["po_number"])
+                    for r in _read_day(http, day)]
+            conn.execute("DELETE FROM order_statuses WHERE CAST(order_date AS DATE) = ?", [day])
+            conn.executemany("INSERT INTO order_statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            count += len(rows)
+    conn.close()
+    return time.monotonic() - started, count
+
+
+def daily_job(base_url: str, day: dt.date, database: Path) -> tuple[int, float]:
+    """daily_order_sync for one partition on the loaded database: (API requests, wall seconds)."""
+    env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": base_url,
+           "ORDERSYNC_DUCKDB_PATH": str(database), "ORDERSYNC_START_DATE": "2025-01-01"}
+    env.pop("DAGSTER_HOME", None)
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "ordersync_pipeline.definitions", "-j",
+         "daily_order_sync", "--tags", json.dumps({"dagster/partition": str(day)})],
+        env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if completed.returncode != 0:
+        raise SystemExit(f"daily job failed:\n{completed.stderr[-3000:]}")
+    with duckdb.connect(str(database), read_only=True) as conn:
+        loads = conn.execute("SELECT sum(pages_fetched) FROM order_status_loads WHERE order_day = ?", [day]).fetchall()
+        refresh = conn.execute("SELECT api_requests FROM order_status_refreshes ORDER BY refreshed_at DESC LIMIT 1"
+                               ).fetchall()
+    return int(loads[0][0] or 0) + int(refresh[0][0]), wall
+
+
+def mart_benchmark(lines: int, repeat: int) -> None:
+    """Each mart's SQL over a synthetic order_statuses of `lines` lines (a temporary DuckDB file)."""
+    from ordersync_pipeline.assets import marts
+    from ordersync_pipeline.warehouse import ensure_schema
+
+    with tempfile.TemporaryDirectory() as workdir:
+        conn = duckdb.connect(str(Path(workdir) / "marts.duckdb"))
+        ensure_schema(conn)
+        started = time.monotonic()
+        conn.execute(f"""
+            INSERT INTO order_statuses (order_id, order_status_id, supplier_order_id, order_date, po_number, item,
+                supplier, status, carrier, delivery_date, order_day, fetched_at)
+            SELECT 'o' || (i // 3), 'l' || i, 's' || (i // 3), d, 'PO' || (i // 5), 'item ' || (i % 50),
+                   'supplier ' || (i % 12), s, 'carrier ' || (i % 5),
+                   CASE WHEN s = 'delivered' THEN d + to_microseconds(CAST(86400e6 * (1 + random() * 9) AS BIGINT)) END,
+                   CAST(d AS DATE), now()
+            FROM (SELECT i, TIMESTAMPTZ '2023-01-01 00:00:00+00' + to_microseconds(CAST(i * 9e6 AS BIGINT)) AS d,
+                         ['delivered', 'delivered', 'delivered', 'in_transit', 'processing', 'cancelled',
+                          'backordered', 'shipped'][1 + (hash(i) % 8)] AS s
+                  FROM range({lines}) AS t(i))
+        """)
+        print(f"synthetic order_statuses: {lines:,} lines built in {time.monotonic() - started:.1f} s")
+        as_of = conn.execute("SELECT max(order_day) FROM order_statuses").fetchall()[0][0]
+        statements = [("delivery_lead_times", marts.DELIVERY_LEAD_TIMES_SQL, None),
+                      ("delivery_lead_time_summary", marts.DELIVERY_LEAD_TIME_SUMMARY_SQL, None),
+                      ("open_orders", marts.OPEN_ORDERS_SQL, {"as_of": as_of}),
+                      ("open_order_summary", marts.OPEN_ORDER_SUMMARY_SQL, None)]
+        print(f"{'mart over ' + format(lines, ',') + ' lines':<40} {'median s':>9} {'rows':>12}")
+        for name, sql, params in statements:
+            walls = []
+            for _ in range(repeat):
+                started = time.monotonic()
+                conn.execute(sql, params)
+                walls.append(time.monotonic() - started)
+            count = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+            print(f"{name:<40} {statistics.median(walls):>9.2f} {count:>12,}")
+        conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
