@@ -206,7 +206,7 @@ def mart_benchmark(lines: int, repeat: int) -> None:
                    CAST(d AS DATE), now()
             FROM (SELECT i, TIMESTAMPTZ '2023-01-01 00:00:00+00' + to_microseconds(CAST(i * 9e6 AS BIGINT)) AS d,
                          ['delivered', 'delivered', 'delivered', 'in_transit', 'processing', 'cancelled',
-                          'backordered', 'shipped'][1 + (hash(i) % 8)] AS s
+                          'backordered', 'shipped'][1 + CAST(hash(i) % 8 AS BIGINT)] AS s
                   FROM range({lines}) AS t(i))
         """)
         print(f"synthetic order_statuses: {lines:,} lines built in {time.monotonic() - started:.1f} s")

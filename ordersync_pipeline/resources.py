@@ -25,7 +25,7 @@ class OrderSyncResource(dg.ConfigurableResource):
     api_key: str = Field(description="OrderSync API key (pk_live_...). Set it with EnvVar('ORDERSYNC_API_KEY').")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL; https only, except loopback.")
     max_concurrent_pages: int = Field(default=4, description="by-date pages fetched at once after the first.")
-    days_in_flight: int = Field(default=2, description="Days of a range fetched ahead while one is being stored.")
+    days_in_flight: int = Field(default=4, description="Days of a range fetched ahead while others are stored.")
     requests_per_second: float | None = Field(default=None, description="Client-side request budget; None = no limit.")
     max_attempts: int = Field(default=8, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
     request_budget_seconds: float = Field(default=120.0, description="Total time one request may take, retries included.")
@@ -50,6 +50,9 @@ class OrderSyncWarehouse(DuckDBResource):
     """The DuckDB file analysts query. Connections are short: opened per write, closed on any error."""
 
     pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
+    days_per_transaction: int = Field(
+        default=7, ge=1, description="Whole days stored per transaction in a range (fewer commits, same atomicity)."
+    )
     lock_timeout_seconds: float = Field(
         default=120.0, description="How long a run waits for another process to release the file before failing."
     )
@@ -99,7 +102,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
             base_url=os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
             max_concurrent_pages=int(os.environ.get("ORDERSYNC_MAX_CONCURRENT_PAGES", "4")),
-            days_in_flight=int(os.environ.get("ORDERSYNC_DAYS_IN_FLIGHT", "2")),
+            days_in_flight=int(os.environ.get("ORDERSYNC_DAYS_IN_FLIGHT", "4")),
             requests_per_second=float(requests_per_second) if requests_per_second else None,
         ),
         "warehouse": OrderSyncWarehouse(

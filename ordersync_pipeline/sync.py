@@ -73,6 +73,12 @@ def fetch_day_loads(
                 future.cancel()
 
 
+def in_batches(loads: Iterator[DayLoad], size: int) -> Iterator[list[DayLoad]]:
+    """Consecutive DayLoads, `size` at a time (the last batch may be shorter)."""
+    while batch := list(itertools.islice(loads, size)):
+        yield batch
+
+
 @dataclass(frozen=True)
 class RefreshResult:
     po_numbers_requested: int

@@ -161,27 +161,49 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def replace_day(conn: duckdb.DuckDBPyConnection, load: DayLoad) -> None:
-    """Swap one day's rows, rejects and load record, and record status history, in one transaction."""
-    rows = load.rows.select(list(ORDER_STATUS_SCHEMA))
-    rejects = load.rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-date").alias("source"))
-    loads = pl.DataFrame(
-        {"order_day": [load.day], "api_total": [load.api_total], "rows_stored": [rows.height],
-         "rejects": [rejects.height], "duplicates_dropped": [load.duplicates_dropped],
-         "pages_fetched": [load.pages_fetched], "paging_passes": [load.paging_passes],
-         "paging_duplicates": [load.paging_duplicates],
-         "api_total_consistent": [load.api_total_consistent], "extra_field_names": [list(load.extra_field_names)],
-         "fetched_at": [load.fetched_at]},
+def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
+    """Swap whole days' rows, rejects and load records, and record status history, in one transaction.
+
+    Several days per transaction keep a long backfill from paying DuckDB's per-statement and per-commit
+    cost once per day; each day is still either fully old or fully new.
+    """
+    days = [load.day for load in loads]
+    if len(set(days)) != len(days):
+        raise ValueError(f"replace_days got the same day twice: {days}")
+    # Arrow once per frame: DuckDB would convert a polars frame again at every statement that reads it.
+    rows = pl.concat([load.rows.select(list(ORDER_STATUS_SCHEMA)) for load in loads]).to_arrow()
+    rejects = pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
+        pl.lit("by-date").alias("source")).to_arrow()
+    day_loads = pl.DataFrame(
+        {"order_day": days, "api_total": [load.api_total for load in loads],
+         "rows_stored": [load.rows.height for load in loads], "rejects": [load.rejects.height for load in loads],
+         "duplicates_dropped": [load.duplicates_dropped for load in loads],
+         "pages_fetched": [load.pages_fetched for load in loads], "paging_passes": [load.paging_passes for load in loads],
+         "paging_duplicates": [load.paging_duplicates for load in loads],
+         "api_total_consistent": [load.api_total_consistent for load in loads],
+         "extra_field_names": [list(load.extra_field_names) for load in loads],
+         "fetched_at": [load.fetched_at for load in loads]},
         schema_overrides={"extra_field_names": pl.List(pl.String)},
-    )
+    ).to_arrow()
+    # The range bounds let DuckDB skip row groups by their min/max order_day; the list is what is replaced.
+    in_days = f"order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}' AND order_day IN ({_date_list(days)})"
     with _transaction(conn):
-        conn.execute("DELETE FROM order_statuses WHERE order_day = ?", [load.day])
+        conn.execute(f"DELETE FROM order_statuses WHERE {in_days}")
         conn.execute("INSERT INTO order_statuses BY NAME SELECT * FROM rows")
-        conn.execute("DELETE FROM order_status_rejects WHERE order_day = ? AND source = 'by-date'", [load.day])
+        conn.execute(f"DELETE FROM order_status_rejects WHERE {in_days} AND source = 'by-date'")
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
-        conn.execute("DELETE FROM order_status_loads WHERE order_day = ?", [load.day])
-        conn.execute("INSERT INTO order_status_loads BY NAME SELECT * FROM loads")
-        _record_history(conn, rows)
+        conn.execute(f"DELETE FROM order_status_loads WHERE {in_days}")
+        conn.execute("INSERT INTO order_status_loads BY NAME SELECT * FROM day_loads")
+        _record_history(conn, rows, days=days)
+
+
+def replace_day(conn: duckdb.DuckDBPyConnection, load: DayLoad) -> None:
+    """Swap one day (see replace_days)."""
+    replace_days(conn, [load])
+
+
+def _date_list(days: list[dt.date]) -> str:
+    return ", ".join(f"DATE '{day.isoformat()}'" for day in days)
 
 
 def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame) -> int:
@@ -199,28 +221,34 @@ def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame
         # Rejects of look-ups belong to no day: keep only the latest refresh's.
         conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
-        stored = conn.sql("SELECT * FROM rows SEMI JOIN order_statuses USING (order_status_id)").pl()
+        stored = conn.sql("SELECT * FROM rows SEMI JOIN order_statuses USING (order_status_id)").to_arrow_table()
         _record_history(conn, stored)
     return int(updated)
 
 
-def _record_history(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
-    """Extend the line's current status spell, or close it and open a new one if the status changed."""
-    observed = rows.select("order_status_id", "order_day", "status", "fetched_at")
-    conn.execute("""
+def _record_history(conn: duckdb.DuckDBPyConnection, observed: object, days: list[dt.date] | None = None) -> None:
+    """Extend each observed line's current status spell, or close it and open a new one if its status changed.
+
+    `observed`: an Arrow table or polars frame with order_status_id, order_day, status, fetched_at.
+    `days`: all rows are of these order_days, so only their history is scanned (zone maps skip the rest).
+    """
+    latest = "h.is_latest"
+    if days:
+        latest += f" AND h.order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}'"
+    conn.execute(f"""
         UPDATE order_status_history AS h SET last_seen_at = greatest(h.last_seen_at, o.fetched_at)
         FROM observed AS o
-        WHERE h.is_latest AND h.order_status_id = o.order_status_id AND h.status IS NOT DISTINCT FROM o.status
+        WHERE {latest} AND h.order_status_id = o.order_status_id AND h.status IS NOT DISTINCT FROM o.status
     """)
-    conn.execute("""
+    conn.execute(f"""
         UPDATE order_status_history AS h SET is_latest = false
         FROM observed AS o
-        WHERE h.is_latest AND h.order_status_id = o.order_status_id AND h.status IS DISTINCT FROM o.status
+        WHERE {latest} AND h.order_status_id = o.order_status_id AND h.status IS DISTINCT FROM o.status
     """)
-    conn.execute("""
+    conn.execute(f"""
         INSERT INTO order_status_history
         SELECT o.order_status_id, o.order_day, o.status, o.fetched_at, o.fetched_at, true
-        FROM observed AS o ANTI JOIN (SELECT order_status_id FROM order_status_history WHERE is_latest) AS h
+        FROM observed AS o ANTI JOIN (SELECT order_status_id FROM order_status_history AS h WHERE {latest}) AS h
             USING (order_status_id)
     """)
 

@@ -32,7 +32,6 @@ SELECT
     CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE) AS order_week
 FROM order_statuses
 WHERE lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date
-ORDER BY order_date, order_status_id
 """
 DELIVERY_LEAD_TIME_SUMMARY_SQL = """
 CREATE OR REPLACE TABLE delivery_lead_time_summary AS
@@ -76,7 +75,6 @@ FROM (
            date_diff('day', order_day, $as_of::DATE) AS age_days
     FROM ({open_lines_sql("order_day <= $as_of::DATE")})
 )
-ORDER BY order_date, order_status_id
 """
 OPEN_ORDER_SUMMARY_SQL = f"""
 CREATE OR REPLACE TABLE open_order_summary AS

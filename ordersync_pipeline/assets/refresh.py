@@ -16,8 +16,8 @@ from ordersync_pipeline.assets.metadata import table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import fetch_day_loads, refresh_open_lines_before
-from ordersync_pipeline.warehouse import apply_comments, replace_day
+from ordersync_pipeline.sync import fetch_day_loads, in_batches, refresh_open_lines_before
+from ordersync_pipeline.warehouse import apply_comments, replace_days
 
 REFRESH_LOG_SQL = """
 CREATE TABLE IF NOT EXISTS order_status_refreshes (
@@ -73,31 +73,29 @@ def order_status_refresh(
     window_start = max(as_of - dt.timedelta(days=config.lookback_days), first_partition_day)
     lookback = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
     lines_refetched = 0
-    with ordersync.client() as client:
+    with ordersync.client() as client, warehouse.connect() as conn:
         loads = fetch_day_loads(client, lookback, days_in_flight=ordersync.days_in_flight, pii_mode=warehouse.pii_mode)
-        for load in loads:
-            with warehouse.connect() as conn:
-                replace_day(conn, load)
-            lines_refetched += load.rows.height
+        for batch in in_batches(loads, warehouse.days_per_transaction):
+            replace_days(conn, batch)
+            lines_refetched += sum(load.rows.height for load in batch)
         context.log.info(f"re-read {len(lookback)} lookback days ({lines_refetched} lines) through by-date")
-        with warehouse.connect() as conn:
-            result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode)
-            context.log.info(
-                f"refreshed open lines ordered before {window_start}: {result.po_numbers_requested} PO numbers, "
-                f"{result.lines_returned} lines returned, {result.lines_updated} updated"
-            )
-            log_row = pl.DataFrame({
-                "as_of_day": [as_of], "refreshed_at": [dt.datetime.now(dt.timezone.utc)],
-                "lookback_days": [config.lookback_days], "days_refetched": [len(lookback)],
-                "lines_refetched": [lines_refetched], "po_numbers_requested": [result.po_numbers_requested],
-                "supplier_orders_requested": [result.supplier_orders_requested],
-                "lines_returned": [result.lines_returned], "lines_updated": [result.lines_updated],
-                "api_requests": [client.counter.requests],
-            })
-            conn.execute(REFRESH_LOG_SQL)
-            apply_comments(conn, REFRESH_LOG_COMMENTS)
-            conn.execute("INSERT INTO order_status_refreshes BY NAME SELECT * FROM log_row")
-            metadata = table_metadata(conn, "order_status_refreshes")
+        result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode)
+        context.log.info(
+            f"refreshed open lines ordered before {window_start}: {result.po_numbers_requested} PO numbers, "
+            f"{result.lines_returned} lines returned, {result.lines_updated} updated"
+        )
+        log_row = pl.DataFrame({
+            "as_of_day": [as_of], "refreshed_at": [dt.datetime.now(dt.timezone.utc)],
+            "lookback_days": [config.lookback_days], "days_refetched": [len(lookback)],
+            "lines_refetched": [lines_refetched], "po_numbers_requested": [result.po_numbers_requested],
+            "supplier_orders_requested": [result.supplier_orders_requested],
+            "lines_returned": [result.lines_returned], "lines_updated": [result.lines_updated],
+            "api_requests": [client.counter.requests],
+        })
+        conn.execute(REFRESH_LOG_SQL)
+        apply_comments(conn, REFRESH_LOG_COMMENTS)
+        conn.execute("INSERT INTO order_status_refreshes BY NAME SELECT * FROM log_row")
+        metadata = table_metadata(conn, "order_status_refreshes")
     return dg.MaterializeResult(
         metadata={
             **metadata,
