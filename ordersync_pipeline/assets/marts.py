@@ -27,7 +27,7 @@ MART = dict(
 DELIVERY_LEAD_TIMES_SQL = """
 CREATE OR REPLACE TABLE delivery_lead_times AS
 SELECT
-    order_status_id, order_id, po_number, supplier, carrier, item, order_date, delivery_date,
+    order_status_id, order_id, po_number, supplier, carrier, order_date, delivery_date,
     epoch(delivery_date - order_date) / 86400.0 AS lead_time_days,
     CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE) AS order_week
 FROM order_statuses
@@ -70,8 +70,8 @@ OPEN_ORDERS_SQL = f"""
 CREATE OR REPLACE TABLE open_orders AS
 SELECT *, {_AGE_BUCKET_CASE} AS age_bucket
 FROM (
-    SELECT order_status_id, order_id, po_number, supplier_order_id, supplier, item, status, carrier,
-           tracking_number, order_date, order_day, $as_of::DATE AS as_of_day,
+    SELECT order_status_id, order_id, po_number, supplier, status, carrier, order_date, order_day,
+           $as_of::DATE AS as_of_day,
            date_diff('day', order_day, $as_of::DATE) AS age_days
     FROM ({open_lines_sql("order_day <= $as_of::DATE")})
 )
@@ -98,8 +98,10 @@ OPEN_ORDER_COMMENTS = {
 }
 
 
-def _rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]], comments: dict) -> None:
+def rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]], comments: dict) -> None:
     """Run the CREATE OR REPLACE statements and the comments as one transaction."""
+    # Mart rows carry no meaningful order; not preserving it lets DuckDB write millions of rows in parallel.
+    conn.execute("SET preserve_insertion_order = false")
     conn.execute("BEGIN TRANSACTION")
     try:
         for sql, params in statements:
@@ -131,7 +133,7 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
     """Tables `delivery_lead_times` (one row per delivered line) and `delivery_lead_time_summary`
     (count, mean, p50, p90, p95, max by supplier, carrier and week of order)."""
     with warehouse.connect() as conn:
-        _rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
+        rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
         lead_times = conn.sql("SELECT lead_time_days FROM delivery_lead_times").pl()["lead_time_days"]
         by_supplier = conn.sql("""
             SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
@@ -157,7 +159,7 @@ def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse
     the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
     as_of = partition_days(context)[-1]
     with warehouse.connect() as conn:
-        _rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
+        rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
         summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()
         older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
         metadata = table_metadata(conn, "open_orders")
