@@ -106,6 +106,10 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             requests_per_second=float(requests_per_second) if requests_per_second else None,
         ),
         "warehouse": OrderSyncWarehouse(
-            database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH), pii_mode=pii_mode
+            database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH),
+            pii_mode=pii_mode,
+            # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
+            # backfill's memory would grow with the table; past this limit it evicts or spills to disk.
+            connection_config={"memory_limit": os.environ.get("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB")},
         ),
     }

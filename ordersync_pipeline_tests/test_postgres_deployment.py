@@ -23,10 +23,10 @@ POSTGRES_INSTANCE_CONFIG = INSTANCE_CONFIG.with_name("dagster-postgres.yaml")
 
 
 def postgres_bin_dir() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
+    """Where initdb, pg_ctl and createdb live (Debian keeps them off PATH, under /usr/lib/postgresql)."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not candidates and shutil.which("initdb"):
+        candidates = [str(Path(shutil.which("initdb")).resolve())]
     return Path(candidates[-1]).parent if candidates else None
 
 
