@@ -79,7 +79,7 @@ class Page:
     meta: PageMeta
 
 
-@dataclass
+@dataclass(frozen=True)
 class DayFetch:
     """Every record of one by-date day, read until consistent (see fetch_order_statuses_for_day)."""
 
@@ -198,7 +198,7 @@ class _WaitHonouringRetryAfter(tenacity.wait.wait_base):
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (_RetryableResponse, httpx.TimeoutException, httpx.TransportError))
+    return isinstance(exc, (_RetryableResponse, httpx.TransportError))  # timeouts and dropped connections too
 
 
 def _describe(exc: BaseException) -> str:
@@ -220,7 +220,7 @@ class OrderSyncClient:
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
         *,
-        max_attempts: int = 6,
+        max_attempts: int = 8,
         request_budget_seconds: float = 120.0,
         backoff_initial_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
@@ -311,13 +311,10 @@ class OrderSyncClient:
                     pass_ids.add(record_id)
                     merged[record_id] = record
             total_held_still = all(page.meta.total == api_total for page in pages)
-            result = DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
-                              duplicates_seen, consistent=True)
-            if total_held_still and len(merged) + len(id_less) == api_total:
-                return result
-            if total_held_still and frozenset(pass_ids) == previous_pass_ids:
-                result.consistent = False
-                return result
+            complete = len(merged) + len(id_less) == api_total
+            if total_held_still and (complete or frozenset(pass_ids) == previous_pass_ids):
+                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
+                                duplicates_seen, consistent=complete)
             previous_pass_ids = frozenset(pass_ids)
         raise OrderSyncPagingError(
             f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes the API "

@@ -18,7 +18,7 @@ import polars as pl
 
 from ordersync_pipeline.client import OrderSyncClient
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses
+from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, replace_days
 
 # The statuses the reference and real feeds are known to use. Anything else is kept as sent, treated as
 # an open line (it is not known to be finished) and reported by an asset check.
@@ -27,7 +27,7 @@ CLOSED_STATUSES = ("delivered", "cancelled")
 
 
 def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw") -> DayLoad:
-    """Every record of `day` from by-date, normalised and ready for warehouse.replace_day."""
+    """Every record of `day` from by-date, normalised and ready for warehouse.replace_days."""
     fetched_at = dt.datetime.now(dt.timezone.utc)
     fetch = client.fetch_order_statuses_for_day(day)
     normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day, pii_mode=pii_mode)
@@ -73,10 +73,20 @@ def fetch_day_loads(
                 future.cancel()
 
 
-def in_batches(loads: Iterator[DayLoad], size: int) -> Iterator[list[DayLoad]]:
-    """Consecutive DayLoads, `size` at a time (the last batch may be shorter)."""
-    while batch := list(itertools.islice(loads, size)):
-        yield batch
+def store_days(
+    client: OrderSyncClient,
+    conn: duckdb.DuckDBPyConnection,
+    days: list[dt.date],
+    *,
+    days_in_flight: int,
+    days_per_transaction: int,
+    pii_mode: str,
+) -> Iterator[DayLoad]:
+    """Fetch `days` (a bounded window ahead) and replace them in the warehouse, yielding each once stored."""
+    loads = fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode)
+    while batch := list(itertools.islice(loads, days_per_transaction)):
+        replace_days(conn, batch)
+        yield from batch
 
 
 @dataclass(frozen=True)

@@ -197,11 +197,6 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
         _record_history(conn, rows, days=days)
 
 
-def replace_day(conn: duckdb.DuckDBPyConnection, load: DayLoad) -> None:
-    """Swap one day (see replace_days)."""
-    replace_days(conn, [load])
-
-
 def _date_list(days: list[dt.date]) -> str:
     return ", ".join(f"DATE '{day.isoformat()}'" for day in days)
 

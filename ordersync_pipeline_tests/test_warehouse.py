@@ -7,7 +7,7 @@ import pytest
 
 from ordersync_pipeline import warehouse
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, ensure_schema, replace_day
+from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, ensure_schema, replace_days
 
 DAY = dt.date(2025, 12, 3)
 
@@ -36,8 +36,8 @@ def conn(tmp_path):
 
 
 def test_replacing_a_day_twice_never_duplicates(conn):
-    replace_day(conn, day_load([line(n) for n in range(5)], at(1)))
-    replace_day(conn, day_load([line(n, "shipped") for n in range(1, 6)], at(2)))
+    replace_days(conn, [day_load([line(n) for n in range(5)], at(1))])
+    replace_days(conn, [day_load([line(n, "shipped") for n in range(1, 6)], at(2))])
     rows = conn.execute("SELECT order_status_id, status FROM order_statuses ORDER BY 1").fetchall()
     assert rows == [(f"L{n}", "shipped") for n in range(1, 6)]  # L0 gone: the day is exactly the new read
     assert conn.execute("SELECT api_total, rows_stored FROM order_status_loads").fetchall() == [(5, 5)]
@@ -45,15 +45,15 @@ def test_replacing_a_day_twice_never_duplicates(conn):
 
 def test_replacing_one_day_leaves_other_days_alone(conn):
     other = DAY + dt.timedelta(days=1)
-    replace_day(conn, day_load([line(n) for n in range(3)], at(1)))
-    replace_day(conn, day_load([line(n + 50, day=other) for n in range(2)], at(1), day=other))
-    replace_day(conn, day_load([line(0)], at(2)))
+    replace_days(conn, [day_load([line(n) for n in range(3)], at(1))])
+    replace_days(conn, [day_load([line(n + 50, day=other) for n in range(2)], at(1), day=other)])
+    replace_days(conn, [day_load([line(0)], at(2))])
     assert conn.execute("SELECT order_day, count(*) FROM order_statuses GROUP BY 1 ORDER BY 1").fetchall() == [
         (DAY, 1), (other, 2)]
 
 
 def test_a_failure_mid_write_leaves_the_previous_rows(conn, monkeypatch):
-    replace_day(conn, day_load([line(n) for n in range(4)], at(1)))
+    replace_days(conn, [day_load([line(n) for n in range(4)], at(1))])
     before = conn.execute("SELECT * FROM order_statuses ORDER BY order_status_id").fetchall()
 
     def fail(*args, **kwargs):  # after the DELETE and INSERT have run inside the transaction
@@ -61,14 +61,14 @@ def test_a_failure_mid_write_leaves_the_previous_rows(conn, monkeypatch):
 
     monkeypatch.setattr(warehouse, "_record_history", fail)
     with pytest.raises(RuntimeError, match="killed mid-write"):
-        replace_day(conn, day_load([line(9, "delivered")], at(2)))
+        replace_days(conn, [day_load([line(9, "delivered")], at(2))])
     assert conn.execute("SELECT * FROM order_statuses ORDER BY order_status_id").fetchall() == before
     assert conn.execute("SELECT fetched_at FROM order_status_loads").fetchall() == [(at(1),)]
 
 
 def test_history_records_each_status_spell_once(conn):
     for hour, status in [(1, "processing"), (2, "processing"), (3, "shipped"), (4, "shipped"), (5, "delivered")]:
-        replace_day(conn, day_load([line(0, status)], at(hour)))
+        replace_days(conn, [day_load([line(0, status)], at(hour))])
     history = conn.execute(
         "SELECT status, first_seen_at, last_seen_at, is_latest FROM order_status_history ORDER BY first_seen_at"
     ).fetchall()
@@ -77,7 +77,7 @@ def test_history_records_each_status_spell_once(conn):
 
 
 def test_refreshes_update_exactly_the_returned_lines_that_are_stored(conn):
-    replace_day(conn, day_load([line(n) for n in range(4)], at(1)))
+    replace_days(conn, [day_load([line(n) for n in range(4)], at(1))])
     fresh = normalise_order_statuses([line(1, "delivered"), line(2, "cancelled"), line(77, "shipped")],
                                      fetched_at=at(5))
     updated = apply_refreshed_statuses(conn, fresh.rows, fresh.rejects)
@@ -92,8 +92,8 @@ def test_refreshes_update_exactly_the_returned_lines_that_are_stored(conn):
 
 def test_rejects_are_stored_with_their_day_and_replaced_with_it(conn):
     bad = {"order_date": f"{DAY}T01:00:00+00:00", "status": "processing"}
-    replace_day(conn, day_load([line(0), bad], at(1)))
-    replace_day(conn, day_load([line(0), bad], at(2)))
+    replace_days(conn, [day_load([line(0), bad], at(1))])
+    replace_days(conn, [day_load([line(0), bad], at(2))])
     assert conn.execute("SELECT order_day, reason, source FROM order_status_rejects").fetchall() == [
         (DAY, "missing order_status_id", "by-date")]
 
@@ -111,3 +111,17 @@ def test_a_lock_error_names_the_holder_and_what_to_do():
                                "/usr/bin/duckdb (PID 4242) by user ana.")
     message = str(warehouse.explain_lock_error("/d/x.duckdb", error, waited_seconds=120))
     assert "/usr/bin/duckdb (PID 4242)" in message and "nothing was written" in message and "re-run" in message
+
+
+def test_several_days_in_one_transaction_are_replaced_together_or_not_at_all(conn, monkeypatch):
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    replace_days(conn, [day_load([line(n, day=d) for n in range(2)], at(1), day=d) for d in days])
+    assert conn.execute("SELECT order_day, count(*) FROM order_statuses GROUP BY 1 ORDER BY 1").fetchall() == [
+        (d, 2) for d in days]
+    before = conn.execute("SELECT * FROM order_statuses ORDER BY order_day, order_status_id").fetchall()
+    monkeypatch.setattr(warehouse, "_record_history", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        replace_days(conn, [day_load([line(7, "delivered", day=d)], at(2), day=d) for d in days])
+    assert conn.execute("SELECT * FROM order_statuses ORDER BY order_day, order_status_id").fetchall() == before
+    with pytest.raises(ValueError, match="same day twice"):
+        replace_days(conn, [day_load([line(1)], at(3)), day_load([line(2)], at(3))])

@@ -6,7 +6,7 @@ import sys
 import duckdb
 
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.warehouse import DayLoad, ensure_schema, replace_day
+from ordersync_pipeline.warehouse import DayLoad, ensure_schema, replace_days
 
 DAY = dt.date(2025, 12, 3)
 VERSIONS = {  # fetched_at hour -> (lines, status): each version of the day is recognisable
@@ -30,7 +30,7 @@ def main(database: str) -> None:
     ensure_schema(conn)
     writes = 0
     while writes < 100_000:  # bounded; the test kills it long before
-        replace_day(conn, loads[writes % 2])
+        replace_days(conn, [loads[writes % 2]])
         writes += 1
         if writes == 1:
             print("ready", flush=True)

@@ -7,8 +7,8 @@ import polars as pl
 from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import KNOWN_STATUSES, fetch_day_loads, in_batches
-from ordersync_pipeline.warehouse import DayLoad, replace_days
+from ordersync_pipeline.sync import KNOWN_STATUSES, store_days
+from ordersync_pipeline.warehouse import DayLoad
 
 # Every asset that writes the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps writers
 # serial, because DuckDB allows one writing process at a time.
@@ -34,16 +34,15 @@ def order_statuses(
     # One connection for the whole range: reconnecting per day cost more than storing a day. Fetching runs
     # ahead in threads meanwhile; each day is still its own transaction.
     with ordersync.client() as client, warehouse.connect() as conn:
-        loads = fetch_day_loads(client, days, days_in_flight=ordersync.days_in_flight, pii_mode=warehouse.pii_mode)
-        for batch in in_batches(loads, warehouse.days_per_transaction):
-            replace_days(conn, batch)
-            for load in batch:
-                per_day.append(
-                    {"day": str(load.day), "rows": load.rows.height, "api_total": load.api_total,
-                     "rejects": load.rejects.height, "pages": load.pages_fetched, "passes": load.paging_passes,
-                     "paging_duplicates": load.paging_duplicates, "duplicates": load.duplicates_dropped}
-                )
-                _log_day(context, len(per_day), len(days), load)
+        stored = store_days(client, conn, days, days_in_flight=ordersync.days_in_flight,
+                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
+        for load in stored:
+            per_day.append(
+                {"day": str(load.day), "rows": load.rows.height, "api_total": load.api_total,
+                 "rejects": load.rejects.height, "pages": load.pages_fetched, "passes": load.paging_passes,
+                 "paging_duplicates": load.paging_duplicates, "duplicates": load.duplicates_dropped}
+            )
+            _log_day(context, len(per_day), len(days), load)
         requests, retries = client.counter.requests, client.counter.retries
         metadata = table_metadata(conn, "order_statuses")
     summary = pl.DataFrame(per_day)

@@ -16,8 +16,8 @@ from ordersync_pipeline.assets.metadata import table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import fetch_day_loads, in_batches, refresh_open_lines_before
-from ordersync_pipeline.warehouse import apply_comments, replace_days
+from ordersync_pipeline.sync import refresh_open_lines_before, store_days
+from ordersync_pipeline.warehouse import apply_comments
 
 REFRESH_LOG_SQL = """
 CREATE TABLE IF NOT EXISTS order_status_refreshes (
@@ -72,12 +72,10 @@ def order_status_refresh(
     first_partition_day = dt.date.fromisoformat(daily_partitions.start.strftime("%Y-%m-%d"))
     window_start = max(as_of - dt.timedelta(days=config.lookback_days), first_partition_day)
     lookback = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
-    lines_refetched = 0
     with ordersync.client() as client, warehouse.connect() as conn:
-        loads = fetch_day_loads(client, lookback, days_in_flight=ordersync.days_in_flight, pii_mode=warehouse.pii_mode)
-        for batch in in_batches(loads, warehouse.days_per_transaction):
-            replace_days(conn, batch)
-            lines_refetched += sum(load.rows.height for load in batch)
+        stored = store_days(client, conn, lookback, days_in_flight=ordersync.days_in_flight,
+                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
+        lines_refetched = sum(load.rows.height for load in stored)
         context.log.info(f"re-read {len(lookback)} lookback days ({lines_refetched} lines) through by-date")
         result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode)
         context.log.info(
