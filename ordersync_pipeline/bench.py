@@ -96,6 +96,9 @@ class simulator_process:
     def __enter__(self) -> str:
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
         first_line = self.process.stdout.readline()
+        if " on http" not in first_line:
+            self.__exit__()
+            raise SystemExit(f"the simulator did not start: {first_line!r}")
         return first_line.split(" on ", 1)[1].strip()
 
     def __exit__(self, *exc_info: object) -> None:

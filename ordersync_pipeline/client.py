@@ -182,23 +182,26 @@ def _server_message(response: httpx.Response) -> str:
 
 
 class _WaitHonouringRetryAfter(tenacity.wait.wait_base):
-    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+    """Exponential backoff with jitter, but never shorter than the server's Retry-After.
+
+    A Retry-After longer than the request's budget ends the retries (stop_before_delay) instead of being cut.
+    """
 
     def __init__(self, initial: float, maximum: float):
         self._backoff = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
-        self._maximum = maximum
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         backoff = self._backoff(retry_state)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return max(backoff, min(retry_after, self._maximum))
-        return backoff
+        return max(backoff, retry_after) if retry_after is not None else backoff
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (_RetryableResponse, httpx.TransportError))  # timeouts and dropped connections too
+    """429/5xx/broken bodies, timeouts and network errors; not mistakes of ours that a retry repeats."""
+    if isinstance(exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol)):
+        return False
+    return isinstance(exc, (_RetryableResponse, httpx.TransportError))
 
 
 def _describe(exc: BaseException) -> str:
@@ -234,10 +237,17 @@ class OrderSyncClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        if not api_key or not api_key.strip():
+        api_key = (api_key or "").strip()  # secrets mounted from files often end in a newline
+        if not api_key:
             raise OrderSyncConfigError(
                 "ORDERSYNC_API_KEY is empty: set it to the retailer's OrderSync key (pk_live_...), "
                 "or run `ordersync demo` to use the embedded simulator without a key"
+            )
+        if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+            # Said without the value: an HTTP library's own error here would print the whole header.
+            raise OrderSyncConfigError(
+                "ORDERSYNC_API_KEY contains spaces or non-ASCII characters, so it cannot be a key: copy the key "
+                "from OrderSync again (it looks like pk_live_ followed by letters and digits)"
             )
         if not 1 <= page_limit <= MAX_PAGE_LIMIT:
             raise OrderSyncConfigError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
@@ -258,7 +268,8 @@ class OrderSyncClient:
         )
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_retryable),
-            stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(request_budget_seconds),
+            # stop_before_delay: never start a wait that would end past the budget.
+            stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_before_delay(request_budget_seconds),
             wait=_WaitHonouringRetryAfter(backoff_initial_seconds, backoff_max_seconds),
             sleep=sleep,
             reraise=True,
@@ -346,7 +357,8 @@ class OrderSyncClient:
         first = self.get_order_statuses_page(day, day, 1)
         if not first.meta.has_more:
             return [first]
-        page_count = max(2, math.ceil(first.meta.total / self.page_limit))
+        per_page = first.meta.limit if first.meta.limit > 0 else self.page_limit  # the server may cap our limit
+        page_count = max(2, math.ceil(first.meta.total / per_page))
         pages = [first]
         remaining = range(2, page_count + 1)
         if self.max_concurrent_pages == 1:
@@ -394,6 +406,12 @@ class OrderSyncClient:
         try:
             # copy(): a Retrying keeps per-call state, and pages are fetched from several threads.
             return self._retrying.copy()(attempt)
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol):
+            # Their text can quote request headers, the key among them: say what to check instead.
+            raise OrderSyncConfigError(
+                f"could not send {method} {path}: the request itself is malformed (check that ORDERSYNC_API_KEY "
+                "and ORDERSYNC_BASE_URL hold plain values without line breaks)"
+            ) from None
         except (_RetryableResponse, httpx.TransportError) as exc:
             raise OrderSyncUnavailableError(
                 f"OrderSync {method} {path} still failing after {attempt_number} attempts "
@@ -417,12 +435,23 @@ def _parse_page(response: httpx.Response, method: str, path: str) -> Page:
         )
     if status in RETRYABLE_STATUS_CODES:
         raise _RetryableResponse(f"HTTP {status}", retry_after=_retry_after_seconds(response))
+    if 300 <= status < 400:
+        raise OrderSyncConfigError(
+            f"OrderSync answered {method} {path} with a redirect (HTTP {status} to "
+            f"{response.headers.get('Location', 'an unnamed place')}): check ORDERSYNC_BASE_URL"
+        )
+    content_type = response.headers.get("Content-Type", "application/json")
+    if 200 <= status < 300 and "json" not in content_type:
+        raise OrderSyncConfigError(
+            f"OrderSync answered {method} {path} with {content_type}, not JSON: ORDERSYNC_BASE_URL does not point at "
+            f"the Order Status API (it should look like {DEFAULT_BASE_URL})"
+        )
     if 400 <= status < 500:
         message = _server_message(response)
         raise OrderSyncRequestError(
             f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message
         )
-    if status >= 500 or status < 200 or status >= 300:
+    if not 200 <= status < 300:
         raise _RetryableResponse(f"unexpected HTTP {status}")
     try:
         body = response.json()

@@ -91,19 +91,31 @@ def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and "lock" in str(exc).lower()
 
 
+def number_from_env(name: str, default: str, kind: type = int, minimum: float = 1):
+    """An int/float setting from the environment, or an error naming the variable and what it expects."""
+    value = os.environ.get(name, default)
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name} must be a {'whole ' if kind is int else ''}number >= {minimum:g}, got {value!r}")
+    return number
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults."""
     pii_mode = os.environ.get("ORDERSYNC_PII_MODE", "raw")
     if pii_mode not in PII_MODES:
         raise ValueError(f"ORDERSYNC_PII_MODE must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
-    requests_per_second = os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND")
     return {
         "ordersync": OrderSyncResource(
             api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
             base_url=os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
-            max_concurrent_pages=int(os.environ.get("ORDERSYNC_MAX_CONCURRENT_PAGES", "4")),
-            days_in_flight=int(os.environ.get("ORDERSYNC_DAYS_IN_FLIGHT", "4")),
-            requests_per_second=float(requests_per_second) if requests_per_second else None,
+            max_concurrent_pages=number_from_env("ORDERSYNC_MAX_CONCURRENT_PAGES", "4"),
+            days_in_flight=number_from_env("ORDERSYNC_DAYS_IN_FLIGHT", "4"),
+            requests_per_second=(number_from_env("ORDERSYNC_REQUESTS_PER_SECOND", "", float, minimum=0.001)
+                                 if os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND") else None),
         ),
         "warehouse": OrderSyncWarehouse(
             database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH),

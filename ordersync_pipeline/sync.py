@@ -6,6 +6,7 @@ the assets do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 from collections import deque
@@ -56,21 +57,22 @@ def fetch_day_loads(
     if days_in_flight <= 1:
         yield from (fetch_day_load(client, day, pii_mode=pii_mode) for day in days)
         return
-    with ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day") as pool:
-        pending: deque[Future[DayLoad]] = deque()
-        upcoming = iter(days)
+    pool = ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day")
+    pending: deque[Future[DayLoad]] = deque()
+    upcoming = iter(days)
+    try:
         for day in itertools.islice(upcoming, days_in_flight):
             pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode))
-        try:
-            while pending:
-                load = pending.popleft().result()
-                next_day = next(upcoming, None)
-                if next_day is not None:
-                    pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode))
-                yield load
-        finally:
-            for future in pending:  # a failed or abandoned range stops fetching at once
-                future.cancel()
+        while pending:
+            load = pending.popleft().result()
+            next_day = next(upcoming, None)
+            if next_day is not None:
+                pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode))
+            yield load
+    finally:
+        # A failed or abandoned range: queued days never start, and the caller's error is not held up
+        # waiting for days already in flight (they finish in the background).
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def store_days(
@@ -83,10 +85,10 @@ def store_days(
     pii_mode: str,
 ) -> Iterator[DayLoad]:
     """Fetch `days` (a bounded window ahead) and replace them in the warehouse, yielding each once stored."""
-    loads = fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode)
-    while batch := list(itertools.islice(loads, days_per_transaction)):
-        replace_days(conn, batch)
-        yield from batch
+    with contextlib.closing(fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode)) as loads:
+        while batch := list(itertools.islice(loads, days_per_transaction)):
+            replace_days(conn, batch)
+            yield from batch
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import duckdb
@@ -144,7 +146,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     ).fetchall()[0][0]
     if present == len(COMMENTS):
         return
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(SCHEMA_SQL)
         apply_comments(conn, COMMENTS)
 
@@ -187,7 +189,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
     ).to_arrow()
     # The range bounds let DuckDB skip row groups by their min/max order_day; the list is what is replaced.
     in_days = f"order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}' AND order_day IN ({_date_list(days)})"
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(f"DELETE FROM order_statuses WHERE {in_days}")
         conn.execute("INSERT INTO order_statuses BY NAME SELECT * FROM rows")
         conn.execute(f"DELETE FROM order_status_rejects WHERE {in_days} AND source = 'by-date'")
@@ -209,7 +211,7 @@ def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame
     rows = rows.select(list(ORDER_STATUS_SCHEMA))
     rejects = rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source"))
     assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
-    with _transaction(conn):
+    with transaction(conn):
         updated = conn.execute(
             f"UPDATE order_statuses AS t SET {assignments} FROM rows AS r WHERE t.order_status_id = r.order_status_id"
         ).fetchall()[0][0]
@@ -248,20 +250,16 @@ def _record_history(conn: duckdb.DuckDBPyConnection, observed: object, days: lis
     """)
 
 
-class _transaction:
-    """BEGIN ... COMMIT, rolling back on any error (including KeyboardInterrupt)."""
-
-    def __init__(self, conn: duckdb.DuckDBPyConnection):
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN TRANSACTION")
-
-    def __exit__(self, exc_type: type | None, *rest: object) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolling back on any error (KeyboardInterrupt included)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")

@@ -22,8 +22,9 @@ def free_port() -> int:
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     # Own process group with SIGINT restored, so the whole tree can be stopped (see the stack notes).
-    return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with log.open("w") as output:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -130,8 +131,8 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
     webserver = _start([str(python_bin / "dagster-webserver"), "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
                        env, dagster_home / "webserver.log")
     daemon = _start([str(python_bin / "dagster-daemon"), "run", "-m", LOCATION], env, dagster_home / "daemon.log")
+    deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
     try:
-        deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -146,3 +147,4 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
     finally:
         _stop(daemon)
         _stop(webserver)
+        deployment.http.close()

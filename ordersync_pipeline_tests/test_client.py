@@ -203,3 +203,68 @@ def test_https_and_loopback_are_accepted(url):
 def test_an_empty_key_is_refused_with_what_to_do():
     with pytest.raises(OrderSyncConfigError, match="ORDERSYNC_API_KEY"):
         OrderSyncClient("  ", "https://api.withordersync.com")
+
+
+def test_a_long_retry_after_is_honoured_in_full():
+    answers = [httpx.Response(429, headers={"Retry-After": "45"}), httpx.Response(200, json=envelope([], 0, 1, 100))]
+    sleeps: list[float] = []
+    with make_client(lambda r: answers.pop(0), sleeps=sleeps) as client:
+        client.get_by_po("AB1")
+    assert sleeps and sleeps[0] >= 45  # not cut to the 30 s backoff maximum
+
+
+def test_a_retry_after_beyond_the_request_budget_fails_at_once():
+    sleeps: list[float] = []
+    with make_client(lambda r: httpx.Response(429, headers={"Retry-After": "600"}), sleeps=sleeps,
+                     request_budget_seconds=120) as client:
+        with pytest.raises(OrderSyncUnavailableError, match="HTTP 429"):
+            client.get_by_po("AB1")
+    assert sleeps == []  # no 600 s wait that would end past the budget
+
+
+def test_a_key_with_a_trailing_newline_is_used_stripped():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers["X-API-Key"])
+        return httpx.Response(200, json=envelope([], 0, 1, 100))
+
+    with OrderSyncClient(KEY + "\n", "https://api.example.test", transport=httpx.MockTransport(handler)) as client:
+        client.get_by_po("AB1")
+    assert seen == [KEY]
+
+
+@pytest.mark.parametrize("bad_key", ["pk_live_…", "pk_live abc", "pk_live_\x00x"])
+def test_a_key_that_cannot_be_a_header_is_refused_without_echoing_it(bad_key):
+    with pytest.raises(OrderSyncConfigError) as error:
+        OrderSyncClient(bad_key, "https://api.example.test")
+    assert "ORDERSYNC_API_KEY" in str(error.value) and bad_key not in str(error.value)
+
+
+@pytest.mark.parametrize("response, expected", [
+    (httpx.Response(301, headers={"Location": "https://elsewhere.test/"}), "redirect"),
+    (httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>login</html>"), "not JSON"),
+])
+def test_a_wrong_base_url_fails_at_once_with_what_to_check(response, expected):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return response
+
+    with make_client(handler) as client:
+        with pytest.raises(OrderSyncConfigError, match=expected) as error:
+            client.get_by_po("AB1")
+    assert "ORDERSYNC_BASE_URL" in str(error.value) and len(calls) == 1
+
+
+def test_pages_are_counted_with_the_limit_the_server_applied():
+    records = [record(n) for n in range(120)]
+
+    def handler(request):  # the server caps limit at 50 whatever we ask
+        page = int(request.url.params["page"])
+        return httpx.Response(200, json=envelope(records[(page - 1) * 50 : page * 50], 120, page, 50))
+
+    with make_client(handler) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert len(fetch.records) == 120 and fetch.pages_fetched == 3 and fetch.consistent

@@ -80,6 +80,11 @@ def test_history_shows_each_transition_once(simulator, loaded, database):
         moved += len(rows) > 1
     assert moved > 50  # many lines moved during the four days
 
+    # An older partition re-run later must not turn open_orders back in time.
+    run_daily(loaded, dt.date(2025, 12, 9))
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT DISTINCT as_of_day FROM open_orders").fetchall() == [(day,)]
+
 
 def test_marts_equal_figures_recomputed_from_the_simulators_truth(simulator, loaded, database):
     as_of = dt.date(2025, 12, 9)

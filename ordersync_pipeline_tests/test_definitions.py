@@ -1,6 +1,7 @@
 """A snapshot of the code location: the names analysts, schedules and scripts depend on."""
 
 import dagster as dg
+import pytest
 
 from ordersync_pipeline.definitions import defs
 
@@ -31,8 +32,18 @@ def test_every_writer_is_in_the_duckdb_pool_with_a_single_run_backfill_policy():
         assets_def = defs.resolve_assets_def(key)
         assert assets_def.backfill_policy == dg.BackfillPolicy.single_run()
         assert {op.pool for op in assets_def.node_def.iterate_op_defs()} == {"ordersync_duckdb"}
+    for checks_def in defs.asset_checks:  # the checks open the file too
+        assert {op.pool for op in checks_def.node_def.iterate_op_defs()} == {"ordersync_duckdb"}
 
 
 def test_the_api_key_is_an_env_var_not_a_value():
     resource = defs.resources["ordersync"]
     assert isinstance(resource.api_key, dg.EnvVar) and resource.api_key.env_var_name == "ORDERSYNC_API_KEY"
+
+
+def test_a_malformed_numeric_setting_names_the_variable(monkeypatch):
+    from ordersync_pipeline.resources import resources_from_env
+
+    monkeypatch.setenv("ORDERSYNC_DAYS_IN_FLIGHT", "four")
+    with pytest.raises(ValueError, match="ORDERSYNC_DAYS_IN_FLIGHT must be a whole number >= 1, got 'four'"):
+        resources_from_env()

@@ -90,3 +90,24 @@ def test_the_rate_budget_spaces_requests():
             client.get_order_statuses_page(FIRST, FIRST, 1)
         elapsed = time.monotonic() - started
     assert elapsed >= 10 / 40 * 0.95  # 11 requests at 40/s need at least 10 intervals
+
+
+def test_bad_records_are_rejected_kept_and_warned_about_while_the_day_is_stored(database):
+    with hostile_simulator(Faults(corrupt_every=50)) as sim:
+        result = dg.materialize([order_statuses, *order_status_checks], resources=patient_resources(sim, database),
+                                tags=range_tags(str(FIRST), str(LAST)))
+        assert result.success  # a bad record never fails the day
+        truth = sim.records_for_days(FIRST, LAST)
+    corrupted = {r["order_status_id"] for day in range(5)
+                 for i, r in enumerate(sim.records_for_day(FIRST + dt.timedelta(days=day))) if i % 50 == 0}
+    assert_table_equals_truth(database, [r for r in truth if r["order_status_id"] not in corrupted])
+    with duckdb.connect(database, read_only=True) as conn:
+        rejects = conn.execute("SELECT order_status_id, reason, raw_json FROM order_status_rejects").fetchall()
+    assert {r[0] for r in rejects} == corrupted
+    assert all("unparseable order_date 31/12/2025 9:00" in reason and '"31/12/2025 9:00"' in raw for _, reason, raw in rejects)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["no_rejected_records"].passed
+    assert checks["no_rejected_records"].severity == dg.AssetCheckSeverity.WARN
+    assert checks["row_count_matches_api_total"].passed  # stored + rejected account for meta.total
+    metadata = result.get_asset_materialization_events()[-1].materialization.metadata
+    assert metadata["rejects"].value == len(corrupted)

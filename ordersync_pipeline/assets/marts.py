@@ -14,7 +14,7 @@ from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
 from ordersync_pipeline.sync import CLOSED_STATUSES, open_lines_sql
-from ordersync_pipeline.warehouse import apply_comments
+from ordersync_pipeline.warehouse import apply_comments, transaction
 
 MART = dict(
     partitions_def=daily_partitions,
@@ -102,15 +102,10 @@ def rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]],
     """Run the CREATE OR REPLACE statements and the comments as one transaction."""
     # Mart rows carry no meaningful order; not preserving it lets DuckDB write millions of rows in parallel.
     conn.execute("SET preserve_insertion_order = false")
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         for sql, params in statements:
             conn.execute(sql, params or None)
         apply_comments(conn, comments)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 LEAD_TIME_BINS = (1, 2, 3, 4, 5, 6, 7, 10, 14, 21, 30)
@@ -153,13 +148,25 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
     })
 
 
+def _open_orders_as_of(conn: duckdb.DuckDBPyConnection):
+    exists = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'open_orders'").fetchall()[0][0]
+    return conn.execute("SELECT max(as_of_day) FROM open_orders").fetchall()[0][0] if exists else None
+
+
 @dg.asset(deps=[order_statuses, order_status_refresh], **MART)
 def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
     """Tables `open_orders` (one row per line not delivered and not cancelled, with its age in days as of
     the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
     as_of = partition_days(context)[-1]
     with warehouse.connect() as conn:
-        rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
+        built_as_of = _open_orders_as_of(conn)
+        if built_as_of is not None and built_as_of > as_of:
+            # Runs can finish out of order (catch-up, backfills): an older partition must not replace a newer table.
+            context.log.warning(f"open_orders is already built as of {built_as_of}; kept it rather than going back "
+                                f"to {as_of}")
+            as_of = built_as_of
+        else:
+            rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
         summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()
         older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
         metadata = table_metadata(conn, "open_orders")

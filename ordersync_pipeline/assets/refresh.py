@@ -6,7 +6,6 @@ the bulk by-po-numbers endpoint, and logs what it did in `order_status_refreshes
 """
 
 import datetime as dt
-import os
 
 import dagster as dg
 import polars as pl
@@ -15,7 +14,7 @@ from pydantic import Field
 from ordersync_pipeline.assets.metadata import table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.partitions import daily_partitions, partition_days
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, number_from_env
 from ordersync_pipeline.sync import refresh_open_lines_before, store_days
 from ordersync_pipeline.warehouse import apply_comments
 
@@ -44,7 +43,7 @@ REFRESH_LOG_COMMENTS = {
 
 
 def default_lookback_days() -> int:
-    return int(os.environ.get("ORDERSYNC_LOOKBACK_DAYS", "14"))
+    return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
 
 
 class RefreshConfig(dg.Config):
@@ -53,6 +52,22 @@ class RefreshConfig(dg.Config):
         description="Days before the partition day re-read through by-date (default ORDERSYNC_LOOKBACK_DAYS or 14).",
         ge=0,
     )
+
+
+def _run_started_at(context: dg.AssetExecutionContext) -> dt.datetime | None:
+    record = context.instance.get_run_record_by_id(context.run_id)
+    started = record.start_time if record is not None else None
+    return dt.datetime.fromtimestamp(started, dt.timezone.utc) if started else None
+
+
+def _days_not_loaded_since(conn, days: list[dt.date], since: dt.datetime | None) -> list[dt.date]:
+    """The days of `days` not already re-read since `since` (a range run has just loaded its own days)."""
+    if since is None or not days:
+        return days
+    fresh = {d for (d,) in conn.execute(
+        "SELECT order_day FROM order_status_loads WHERE fetched_at >= ? AND order_day BETWEEN ? AND ?",
+        [since, min(days), max(days)]).fetchall()}
+    return [day for day in days if day not in fresh]
 
 
 @dg.asset(
@@ -71,8 +86,9 @@ def order_status_refresh(
     as_of = partition_days(context)[-1]
     first_partition_day = dt.date.fromisoformat(daily_partitions.start.strftime("%Y-%m-%d"))
     window_start = max(as_of - dt.timedelta(days=config.lookback_days), first_partition_day)
-    lookback = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
+    window = [window_start + dt.timedelta(days=i) for i in range((as_of - window_start).days)]
     with ordersync.client() as client, warehouse.connect() as conn:
+        lookback = _days_not_loaded_since(conn, window, _run_started_at(context))
         stored = store_days(client, conn, lookback, days_in_flight=ordersync.days_in_flight,
                             days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
         lines_refetched = sum(load.rows.height for load in stored)

@@ -242,7 +242,3 @@ class SimulatedRetailer:
             customer_zone=zone or rng.choice(CUSTOMER_ZONES),
             timeline=_timeline(rng, order_date, ship_days, CARRIERS[carrier][1]),
         )
-
-    def lines_between(self, first_day: dt.date, last_day: dt.date) -> list[SimulatedLine]:
-        days = (first_day + dt.timedelta(days=i) for i in range((last_day - first_day).days + 1))
-        return [line for day in days for line in self.lines_for_day(day)]

@@ -42,6 +42,7 @@ class Faults:
     paging_drift: float = 0.0  # chance that a by-date page > 1 first inserts new lines into that day
     paging_drift_events_per_day: int = 2  # late arrivals stop after this many per day, as they do for past days
     retry_after_seconds: float = 0.05
+    corrupt_every: int = 0  # every n-th line of a by-date day is served with an unparseable order_date
     seed: int = 1
 
     @classmethod
@@ -189,6 +190,16 @@ class OrderSyncSimulator:
             roll -= rate
         return None
 
+    def draw_drift(self, day: dt.date) -> bool:
+        """Whether late lines arrive for `day` now (at most paging_drift_events_per_day times)."""
+        with self._lock:
+            if self.drift_events[day] >= self.faults.paging_drift_events_per_day:
+                return False
+            if self._fault_rng.random() >= self.faults.paging_drift:
+                return False
+            self.drift_events[day] += 1
+            return True
+
     def count(self, endpoint: str) -> None:
         with self._lock:
             self.requests[endpoint] += 1
@@ -294,11 +305,12 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 raise _ApiError(400, "end_date must not be before start_date")
             page = _parse_int(query.get("page"), "page", 1, 1, 10**9)
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
-            if page > 1 and sim.faults.paging_drift and sim.drift_events[start] < sim.faults.paging_drift_events_per_day \
-                    and sim._fault_rng.random() < sim.faults.paging_drift:
-                sim.drift_events[start] += 1
+            if page > 1 and sim.faults.paging_drift and sim.draw_drift(start):
                 sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
             records = sim.records_for_days(start, end)
+            if sim.faults.corrupt_every:
+                records = [{**r, "order_date": "31/12/2025 9:00"} if i % sim.faults.corrupt_every == 0 else r
+                           for i, r in enumerate(records)]
             offset = (page - 1) * limit
             return _envelope(records[offset : offset + limit], page=page, limit=limit, total=len(records))
 
