@@ -120,6 +120,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "warehouse": OrderSyncWarehouse(
             database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH),
             pii_mode=pii_mode,
+            days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
             # backfill's memory would grow with the table; past this limit it evicts or spills to disk.
             connection_config={"memory_limit": os.environ.get("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB")},
