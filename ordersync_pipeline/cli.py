@@ -152,10 +152,18 @@ def _run_dagster_ui(port: int) -> int:
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     command = [sys.executable, "-m", "dagster", "dev", "-m", "ordersync_pipeline.definitions", "-h", "127.0.0.1",
                "-p", str(port)]
+    # Ctrl-C or `kill` must reach the `finally` that stops dagster dev's process group, even when this
+    # process was started in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(f"Starting the Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); Ctrl-C stops everything.")
     print("Materialize > order_statuses > pick a date range to launch a backfill against the simulator.")
     with _process_group(command, env) as process:
         return process.wait()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager

@@ -47,7 +47,7 @@ class OrderSyncResource(dg.ConfigurableResource):
 
 
 class OrderSyncWarehouse(DuckDBResource):
-    """The DuckDB file analysts query. Connections are short: opened per write, closed on any error."""
+    """The DuckDB file analysts query. One connection per asset run, closed on any error."""
 
     pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
     days_per_transaction: int = Field(

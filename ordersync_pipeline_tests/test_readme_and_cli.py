@@ -102,3 +102,50 @@ def test_lookup_with_a_wrong_key_is_a_clear_error(simulator, capsys, monkeypatch
     assert main(["lookup", "po", "AB1"]) == 2
     err = capsys.readouterr().err
     assert "refused the API key" in err and "pk_live_wrong_key_123" not in err
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path):
+    import signal
+    import time
+
+    import httpx
+
+    from ordersync_pipeline_tests.dagster_deployment import free_port
+
+    port = str(free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
+    demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", port],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert demo.poll() is None and time.monotonic() < deadline, "the Dagster UI did not come up"
+            time.sleep(1)
+        assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
+        assert _processes_mentioning(port)  # dagster dev and its webserver
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(port) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _processes_mentioning(port) == []
+    finally:
+        if demo.poll() is None:
+            demo.kill()

@@ -10,7 +10,7 @@ from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.sync import KNOWN_STATUSES, store_days
 from ordersync_pipeline.warehouse import DayLoad
 
-# Every asset that writes the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps writers
+# Every asset and check that opens the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps them
 # serial, because DuckDB allows one writing process at a time.
 DUCKDB_WRITERS_POOL = "ordersync_duckdb"
 
