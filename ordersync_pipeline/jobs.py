@@ -1,20 +1,56 @@
-"""What runs every morning: `daily_order_sync` for yesterday (UTC), and its schedule."""
+"""What runs when: `daily_order_sync` every morning, and publishing the analysts' file after other runs."""
 
 import dagster as dg
 
-from ordersync_pipeline.assets.marts import delivery_lead_times, open_orders
+from ordersync_pipeline.assets.analyst_database import PUBLISHED_ASSETS, analyst_database
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import daily_partitions
 
 daily_order_sync = dg.define_asset_job(
     "daily_order_sync",
-    selection=dg.AssetSelection.assets(order_statuses, order_status_refresh, delivery_lead_times, open_orders),
+    selection=dg.AssetSelection.assets(order_statuses, order_status_refresh, *PUBLISHED_ASSETS[1:], analyst_database),
     partitions_def=daily_partitions,
-    description="Load day D, re-read the lookback window and every older open line, rebuild the marts.",
+    description="Load day D, re-read the lookback window and every older open line, rebuild the marts, publish "
+                "the analysts' file.",
 )
 
 # Each tick (06:00 UTC) runs the partition of the day that just ended.
 daily_order_sync_schedule = dg.build_schedule_from_partitioned_job(
     daily_order_sync, hour_of_day=6, minute_of_hour=0, default_status=dg.DefaultScheduleStatus.RUNNING
 )
+
+# After a backfill of order_statuses (UI or CLI): re-run the blocking checks, rebuild the marts, publish.
+publish_analyst_database = dg.define_asset_job(
+    "publish_analyst_database",
+    selection=dg.AssetSelection.assets(*PUBLISHED_ASSETS[1:], analyst_database)
+    | dg.AssetSelection.checks_for_assets(order_statuses),
+    partitions_def=daily_partitions,
+    description="Check order_statuses, rebuild the marts and publish the analysts' file (run after backfills).",
+)
+
+_WRITES_RAW_TABLES = {order_statuses.key, order_status_refresh.key}
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    request_job=publish_analyst_database,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a successful run that wrote order_statuses without publishing (a backfill from the UI or "
+                "the CLI), publish the analysts' file.",
+)
+def publish_after_backfills(context: dg.RunStatusSensorContext):
+    run = context.dagster_run
+    selected = run.asset_selection or frozenset()
+    if run.job_name in (daily_order_sync.name, publish_analyst_database.name) or analyst_database.key in selected:
+        return dg.SkipReason(f"run {run.run_id} published the analysts' file itself")
+    if not selected & _WRITES_RAW_TABLES:
+        return dg.SkipReason(f"run {run.run_id} did not write order_statuses")
+    ran_for = run.tags.get("dagster/asset_partition_range_end") or run.tags.get("dagster/partition")
+    latest = context.instance.get_latest_materialization_event(analyst_database.key)
+    published_for = latest.asset_materialization.partition if latest and latest.asset_materialization else None
+    # Marts are as of a partition day; never publish them as of an older day than the last snapshot's.
+    known = [day for day in (ran_for, published_for) if day]
+    as_of = max(known) if known else daily_partitions.get_last_partition_key()
+    return dg.RunRequest(run_key=f"publish-after-{run.run_id}", partition_key=as_of,
+                         tags={"ordersync/published_after_run": run.run_id})

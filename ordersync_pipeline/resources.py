@@ -14,9 +14,19 @@ from pydantic import Field
 
 from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
 from ordersync_pipeline.normalise import PII_MODES
+from ordersync_pipeline.snapshots import (
+    DEFAULT_STORAGE_VERSION,
+    check_usable_path,
+    default_working_path,
+    explain_open_error,
+    storage_config,
+    adopt_single_file_install,
+)
 from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error
 
 DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
+ANALYST_PATH_SETTING = "ORDERSYNC_DUCKDB_PATH"
+WORKING_PATH_SETTING = "ORDERSYNC_WORKING_DUCKDB_PATH"
 
 
 class OrderSyncResource(dg.ConfigurableResource):
@@ -47,8 +57,13 @@ class OrderSyncResource(dg.ConfigurableResource):
 
 
 class OrderSyncWarehouse(DuckDBResource):
-    """The DuckDB file analysts query. One connection per asset run, closed on any error."""
+    """The pipeline's DuckDB files: `database`, the working file only Dagster runs open, and
+    `analyst_database`, the snapshot analysts open, replaced whole after every run whose checks passed."""
 
+    analyst_database: str | None = Field(
+        default=None, description="The file analysts open (ORDERSYNC_DUCKDB_PATH); published by analyst_database.")
+    storage_version: str = Field(
+        default=DEFAULT_STORAGE_VERSION, description="Oldest DuckDB version that must read the files (e.g. v1.4.0).")
     pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
     days_per_transaction: int = Field(
         default=7, ge=1, description="Whole days stored per transaction in a range (fewer commits, same atomicity)."
@@ -59,32 +74,64 @@ class OrderSyncWarehouse(DuckDBResource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection with the schema in place.
+        """A read-write connection to the working file, with the schema in place.
 
         Hand-written instead of DuckDBResource.get_connection(): that one waits a fixed ~100 s on a locked
         file, ends in DuckDB's bare error, and does not close the connection when the body raises. Here the
-        wait is configurable and ends in an error that names the holder and what to do.
+        wait is configurable, logged, and ends in an error that names the holder and what to do. An install
+        from before working files existed has its single file adopted on the first connect.
         """
-        if self.database != ":memory:" and not self.database.startswith("md:"):
-            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         waiting = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_lock_error),
             stop=tenacity.stop_after_delay(self.lock_timeout_seconds),
             wait=tenacity.wait_exponential_jitter(initial=0.1, max=5.0),
+            before_sleep=_log_lock_wait,
             reraise=True,
         )
-        config = {"custom_user_agent": "ordersync-pipeline", **self.connection_config}
-        try:
-            conn = waiting(duckdb.connect, self.database, read_only=False, config=config)
-        except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if _is_lock_error(exc):
-                raise explain_lock_error(self.database, exc, waited_seconds=self.lock_timeout_seconds) from None
-            raise
+        config = {"custom_user_agent": "ordersync-pipeline", **storage_config(self.storage_version),
+                  **self.connection_config}
+        if self.database != ":memory:":
+            if self.analyst_database:  # the public setting first: the working path is usually derived from it
+                check_usable_path(self.analyst_database, ANALYST_PATH_SETTING)
+            check_usable_path(self.database, WORKING_PATH_SETTING)
+            if self.analyst_database:
+                adopted = _explaining_errors(self.analyst_database, ANALYST_PATH_SETTING, self.lock_timeout_seconds,
+                                             waiting, adopt_single_file_install,
+                                             self.analyst_database, self.database, self.storage_version)
+                if adopted:
+                    dg.get_dagster_logger().info(f"Adopted the existing DuckDB file {self.analyst_database} "
+                                                 f"as the working file {self.database}")
+        conn = _explaining_errors(self.database, WORKING_PATH_SETTING, self.lock_timeout_seconds,
+                                  waiting, duckdb.connect, self.database, read_only=False, config=config)
         try:
             ensure_schema(conn)
             yield conn
         finally:
             conn.close()
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDBResource's entry point, pointed at the same working file as connect()."""
+        with self.connect() as conn:
+            yield conn
+
+
+def _explaining_errors(path: str, setting: str, waited_seconds: float, call, *args, **kwargs):
+    """`call(*args, **kwargs)`, with DuckDB's errors about `path` turned into one clear line naming `setting`."""
+    try:
+        return call(*args, **kwargs)
+    except (duckdb.IOException, duckdb.ConnectionException, duckdb.InvalidInputException) as exc:
+        if _is_lock_error(exc):
+            raise explain_lock_error(path, exc, waited_seconds=waited_seconds) from None
+        explained = explain_open_error(path, setting, exc)
+        if explained is not None:
+            raise explained from None
+        raise
+
+
+def _log_lock_wait(retry_state: tenacity.RetryCallState) -> None:
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    dg.get_dagster_logger().warning(f"DuckDB file locked, waiting ({str(error).splitlines()[0][:200]})")
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -103,11 +150,23 @@ def number_from_env(name: str, default: str, kind: type = int, minimum: float = 
     return number
 
 
+def storage_version_from_env() -> str:
+    """ORDERSYNC_DUCKDB_STORAGE_VERSION, checked by DuckDB itself (it knows which versions it can write)."""
+    value = os.environ.get("ORDERSYNC_DUCKDB_STORAGE_VERSION") or DEFAULT_STORAGE_VERSION
+    try:
+        duckdb.connect(":memory:", config=storage_config(value)).close()
+    except duckdb.Error as exc:
+        raise ValueError(f"ORDERSYNC_DUCKDB_STORAGE_VERSION must be a DuckDB storage version such as "
+                         f"{DEFAULT_STORAGE_VERSION}, got {value!r} ({str(exc).splitlines()[0][:150]})") from None
+    return value
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults."""
     pii_mode = os.environ.get("ORDERSYNC_PII_MODE", "raw")
     if pii_mode not in PII_MODES:
         raise ValueError(f"ORDERSYNC_PII_MODE must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    analyst_database = os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH
     return {
         "ordersync": OrderSyncResource(
             api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
@@ -118,7 +177,9 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
                                  if os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND") else None),
         ),
         "warehouse": OrderSyncWarehouse(
-            database=os.environ.get("ORDERSYNC_DUCKDB_PATH", DEFAULT_DUCKDB_PATH),
+            database=os.environ.get(WORKING_PATH_SETTING) or default_working_path(analyst_database),
+            analyst_database=analyst_database,
+            storage_version=storage_version_from_env(),
             pii_mode=pii_mode,
             days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long

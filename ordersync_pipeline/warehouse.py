@@ -142,7 +142,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the raw tables and their comments, unless they are all there already (the cheap, usual case)."""
     present = conn.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name IN "
-        f"({', '.join(_sql_string(name) for name in COMMENTS)})"
+        f"({', '.join(sql_string(name) for name in COMMENTS)})"
     ).fetchall()[0][0]
     if present == len(COMMENTS):
         return
@@ -154,12 +154,12 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 def apply_comments(conn: duckdb.DuckDBPyConnection, comments: dict[str, tuple[str, dict[str, str]]]) -> None:
     """COMMENT ON the tables and columns, so DBeaver and `duckdb_columns()` explain them in the file."""
     for table, (table_comment, columns) in comments.items():
-        conn.execute(f"COMMENT ON TABLE {table} IS {_sql_string(table_comment)}")
+        conn.execute(f"COMMENT ON TABLE {table} IS {sql_string(table_comment)}")
         for column, comment in columns.items():
-            conn.execute(f"COMMENT ON COLUMN {table}.{column} IS {_sql_string(comment)}")
+            conn.execute(f"COMMENT ON COLUMN {table}.{column} IS {sql_string(comment)}")
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -271,7 +271,7 @@ def explain_lock_error(path: str, error: Exception, waited_seconds: float) -> Wa
     holder = f"{match['program']} (PID {match['pid']})" if match else "another process"
     return WarehouseLockedError(
         f"The DuckDB file {path} is locked by {holder}; this run waited {waited_seconds:g} s for it and could not "
-        "write, so nothing was written "
-        "or lost. DuckDB allows one writer or many readers, never both: an analyst's session, even read-only, "
-        "blocks the pipeline. Close that session (or query a copy of the file) and re-run the partition."
+        "write, so nothing was written or lost. DuckDB allows one writer or many readers, never both, so only the "
+        "pipeline's runs should open its working file: analysts open the published file (ORDERSYNC_DUCKDB_PATH), "
+        "which never blocks a run. Close that session and re-run the partition."
     )

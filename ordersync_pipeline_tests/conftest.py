@@ -25,14 +25,21 @@ def simulator():
 
 @pytest.fixture
 def database(tmp_path):
+    """The working file the pipeline's runs write."""
     return str(tmp_path / "ordersync.duckdb")
 
 
 @pytest.fixture
-def resources(simulator, database):
+def published(tmp_path):
+    """The file analysts open, published by analyst_database."""
+    return str(tmp_path / "analysts" / "ordersync.duckdb")
+
+
+@pytest.fixture
+def resources(simulator, database, published):
     return {
         "ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=simulator.base_url),
-        "warehouse": OrderSyncWarehouse(database=database),
+        "warehouse": OrderSyncWarehouse(database=database, analyst_database=published),
     }
 
 

@@ -9,7 +9,7 @@ from ordersync_pipeline.definitions import defs
 def test_assets_checks_jobs_and_schedule_are_the_public_names():
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "order_statuses", "order_status_refresh", "delivery_lead_times", "open_orders"}
+        "order_statuses", "order_status_refresh", "delivery_lead_times", "open_orders", "analyst_database"}
     assert {key.name for key in graph.asset_check_keys} == {
         "order_status_id_is_unique", "required_keys_not_null", "delivery_not_before_order",
         "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records"}
@@ -18,6 +18,17 @@ def test_assets_checks_jobs_and_schedule_are_the_public_names():
     schedule = defs.resolve_schedule_def("daily_order_sync_schedule")
     assert schedule.cron_schedule == "0 6 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} >= {
+        "order_statuses", "analyst_database"}
+    sensor = defs.resolve_sensor_def("publish_after_backfills")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_error_checks_block_publishing_and_warnings_do_not():
+    for checks_def in defs.asset_checks:
+        for spec in checks_def.check_specs:
+            assert spec.blocking == (spec.name in {
+                "order_status_id_is_unique", "required_keys_not_null", "row_count_matches_api_total"}), spec.name
 
 
 def test_partitions_are_utc_days_from_the_configured_start():

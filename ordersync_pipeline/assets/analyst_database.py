@@ -1,0 +1,56 @@
+"""`analyst_database`: publish the working DuckDB file as the snapshot analysts open.
+
+The pipeline's runs write a private working file; analysts open `ORDERSYNC_DUCKDB_PATH`, which this asset
+replaces with a complete copy after every run whose blocking checks passed. Sessions open on the old copy
+keep answering from it; new sessions see the new one. No one waits on anyone's lock.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from ordersync_pipeline.assets.marts import MART, delivery_lead_times, open_orders
+from ordersync_pipeline.assets.metadata import markdown_table
+from ordersync_pipeline.assets.order_statuses import order_statuses
+from ordersync_pipeline.partitions import partition_days
+from ordersync_pipeline.resources import OrderSyncWarehouse
+from ordersync_pipeline.snapshots import SNAPSHOT_INFO_COMMENTS, SNAPSHOT_INFO_SQL, publish
+from ordersync_pipeline.warehouse import apply_comments, transaction
+
+# Every mart the analysts' file must hold up to date; order_statuses too, so its blocking checks stop
+# publishing even in a run that selected the checks without the asset.
+PUBLISHED_ASSETS = [order_statuses, delivery_lead_times, open_orders]
+
+
+@dg.asset(deps=PUBLISHED_ASSETS, **{**MART, "group_name": "analysts"})
+def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
+    """The DuckDB file analysts open (ORDERSYNC_DUCKDB_PATH): a complete, checkpointed copy of the working
+    file, swapped in with one atomic rename after every run whose blocking checks passed. Its table
+    `published_snapshot` says when and by which run it was published."""
+    if not warehouse.analyst_database:
+        raise dg.Failure("The warehouse resource has no analyst_database path: set ORDERSYNC_DUCKDB_PATH (the file "
+                         "analysts open) or OrderSyncWarehouse(analyst_database=...).")
+    as_of = partition_days(context)[-1]
+    with warehouse.connect() as conn:
+        with transaction(conn):
+            conn.execute(SNAPSHOT_INFO_SQL, {"published_at": dt.datetime.now(dt.timezone.utc), "run_id": context.run_id,
+                                             "as_of": as_of, "storage_version": warehouse.storage_version})
+            apply_comments(conn, SNAPSHOT_INFO_COMMENTS)
+        snapshot = publish(conn, warehouse.analyst_database, warehouse.storage_version)
+    if snapshot.readwrite_holder:
+        context.log.warning(
+            f"{snapshot.readwrite_holder} had {snapshot.path} open read-write; it keeps the old snapshot, and what it "
+            "writes is not kept. Analysts should open the file read-only.")
+    context.log.info(f"Published {snapshot.path} ({snapshot.size_bytes / 1e6:.1f} MB) in {snapshot.seconds:.2f} s")
+    tables = pl.DataFrame({"table": list(snapshot.row_counts), "rows": list(snapshot.row_counts.values())})
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(snapshot.path),
+        "published_at": dg.MetadataValue.timestamp(snapshot.published_at),
+        "size_mb": round(snapshot.size_bytes / 1e6, 2),
+        "seconds_taken": round(snapshot.seconds, 3),
+        "storage_version": warehouse.storage_version,
+        "as_of_day": str(as_of),
+        "order_lines": snapshot.row_counts.get("order_statuses", 0),
+        "tables": markdown_table(tables, max_rows=50),
+    })

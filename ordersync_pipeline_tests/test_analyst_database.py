@@ -1,0 +1,192 @@
+"""The analysts' file: published after every good run, never blocking and never blocked by an analyst."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from ordersync_pipeline.definitions import build_definitions
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+from ordersync_pipeline.snapshots import WarehouseFileError, default_working_path
+from ordersync_pipeline_tests.truth import assert_table_equals_truth
+
+
+def run_daily(resources, day: str, instance: dg.DagsterInstance | None = None):
+    job = build_definitions(resources).resolve_job_def("daily_order_sync")
+    return job.execute_in_process(partition_key=day, instance=instance or dg.DagsterInstance.ephemeral(),
+                                  raise_on_error=False)
+
+
+def published_info(path: str) -> tuple:
+    with duckdb.connect(path, read_only=True) as conn:
+        return conn.execute("SELECT published_at, dagster_run_id, as_of_day, order_lines FROM published_snapshot"
+                            ).fetchall()[0]
+
+
+def files_beside(path: str) -> list[str]:
+    return sorted(os.listdir(Path(path).parent))
+
+
+def test_a_daily_run_publishes_a_complete_snapshot_with_nothing_left_beside_it(simulator, resources, database,
+                                                                               published):
+    result = run_daily(resources, "2025-12-08")
+    assert result.success
+    assert files_beside(published) == ["ordersync.duckdb"]  # no WAL, no temporary copy
+    published_at, run_id, as_of, lines = published_info(published)
+    assert run_id == result.run_id and as_of == dt.date(2025, 12, 8)
+    with duckdb.connect(published, read_only=True) as snapshot, duckdb.connect(database, read_only=True) as working:
+        tables = [t for (t,) in working.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+        assert {"order_statuses", "order_status_history", "delivery_lead_times", "open_orders"} <= set(tables)
+        for table in tables:
+            count = f"SELECT count(*) FROM {table}"
+            assert snapshot.execute(count).fetchall() == working.execute(count).fetchall(), table
+        assert snapshot.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'published_snapshot'"
+                                ).fetchall()[0][0].startswith("One row: when this analysts' file was published")
+    assert lines > 0
+    metadata = result.asset_materializations_for_node("analyst_database")[0].metadata
+    assert metadata["order_lines"].value == lines and metadata["seconds_taken"].value >= 0
+    assert metadata["size_mb"].value > 0 and "order_statuses" in metadata["tables"].value
+    assert metadata["published_at"].value == pytest.approx(published_at.timestamp(), abs=5)
+
+
+def test_a_session_held_across_publishes_keeps_its_snapshot_and_a_new_one_sees_the_new_data(
+        simulator, resources, published):
+    assert run_daily(resources, "2025-12-05").success
+    analyst = duckdb.connect(published, read_only=True)
+    analyst.execute("BEGIN TRANSACTION")
+    first_answer = analyst.execute("SELECT count(*), max(order_day) FROM order_statuses").fetchall()
+    for day in ("2025-12-06", "2025-12-07"):
+        simulator.clock.advance(days=1)
+        assert run_daily(resources, day).success
+        assert analyst.execute("SELECT count(*), max(order_day) FROM order_statuses").fetchall() == first_answer
+    analyst.execute("COMMIT")
+    assert analyst.execute("SELECT count(*), max(order_day) FROM order_statuses").fetchall() == first_answer
+    analyst.close()
+    with duckdb.connect(published, read_only=True) as fresh:
+        assert fresh.execute("SELECT max(order_day) FROM order_statuses").fetchall() == [(dt.date(2025, 12, 7),)]
+
+
+def test_a_failing_blocking_check_keeps_the_last_good_snapshot(simulator, resources, database, published):
+    assert run_daily(resources, "2025-12-05").success
+    good = published_info(published)
+    with duckdb.connect(database) as conn:  # a duplicated line, as a bug would leave it
+        conn.execute("INSERT INTO order_statuses SELECT * FROM order_statuses WHERE order_day = DATE '2025-12-01' "
+                     "LIMIT 1")
+    simulator.clock.advance(days=1)
+    result = run_daily(resources, "2025-12-06")
+    assert not result.success
+    assert published_info(published) == good
+    assert not result.asset_materializations_for_node("analyst_database")
+    failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
+    assert set(failed) == {"order_status_id_is_unique", "row_count_matches_api_total"}  # the extra row counts too
+    assert failed["order_status_id_is_unique"].description == "1 order_status_id values appear more than once"
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "order_statuses" in started and not {"order_status_refresh", "analyst_database"} & started
+
+
+def test_an_analyst_holding_the_published_file_read_write_cannot_break_the_next_publish(
+        simulator, resources, published):
+    assert run_daily(resources, "2025-12-05").success
+    # A DBeaver session opened read-write by mistake, writing into the published file and staying open.
+    analyst = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "c.execute('CREATE TABLE scratch AS SELECT 1 AS x'); c.execute('INSERT INTO scratch VALUES (2)'); "
+         "print('open', flush=True); sys.stdin.readline(); c.execute('INSERT INTO scratch VALUES (3)'); "
+         "print('wrote', flush=True); sys.stdin.readline()", published],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert analyst.stdout.readline().strip() == "open"
+        simulator.clock.advance(days=1)
+        instance = dg.DagsterInstance.ephemeral()
+        result = run_daily(resources, "2025-12-06", instance)
+        assert result.success
+        warnings = [entry.user_message for entry in instance.all_logs(result.run_id) if "read-write" in entry.user_message]
+        assert len(warnings) == 1 and f"PID {analyst.pid}" in warnings[0]
+        assert published_info(published)[2] == dt.date(2025, 12, 6)  # opens, and is the new snapshot
+        analyst.stdin.write("\n")
+        analyst.stdin.flush()
+        assert analyst.stdout.readline().strip() == "wrote"
+        simulator.clock.advance(days=1)
+        assert run_daily(resources, "2025-12-07").success
+        assert published_info(published)[2] == dt.date(2025, 12, 7)
+    finally:
+        analyst.kill()
+        analyst.wait(timeout=30)
+    assert files_beside(published) == ["ordersync.duckdb"]
+    with duckdb.connect(published, read_only=True) as fresh:
+        assert "scratch" not in {t for (t,) in fresh.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+def test_an_existing_single_file_install_is_adopted_on_its_first_run(simulator, tmp_path):
+    old_file = str(tmp_path / "data" / "ordersync.duckdb")
+    api = OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=simulator.base_url)
+    # Yesterday's install: one file written by the runs and opened by analysts.
+    from ordersync_pipeline.assets.order_statuses import order_statuses
+
+    assert dg.materialize([order_statuses], resources={"ordersync": api, "warehouse": OrderSyncWarehouse(
+        database=old_file, storage_version="latest")}, partition_key="2025-12-01").success
+    # A change still in the WAL, as a killed process leaves it (os._exit skips DuckDB's checkpoint on close).
+    subprocess.run([sys.executable, "-c", "import duckdb, os, sys; c = duckdb.connect(sys.argv[1]); "
+                    "c.execute(\"CREATE TABLE analyst_notes AS SELECT 'keep me' AS note\"); os._exit(0)", old_file],
+                   check=True)
+    assert os.path.exists(f"{old_file}.wal")
+
+    upgraded = {"ordersync": api, "warehouse": OrderSyncWarehouse(
+        database=default_working_path(old_file), analyst_database=old_file)}
+    assert run_daily(upgraded, "2025-12-02").success
+    working = default_working_path(old_file)
+    assert working == str(tmp_path / "data" / ".ordersync-working" / "ordersync.duckdb")
+    for path in (working, old_file):
+        assert_table_equals_truth(path, simulator.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 2)),
+                                  where="order_day IN ('2025-12-01', '2025-12-02')")
+        with duckdb.connect(path, read_only=True) as conn:
+            assert conn.execute("SELECT note FROM analyst_notes").fetchall() == [("keep me",)]
+    assert files_beside(old_file) == [".ordersync-working", "ordersync.duckdb"]  # the old WAL is gone too
+
+
+def test_the_working_file_defaults_to_a_hidden_folder_beside_the_published_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORDERSYNC_DUCKDB_PATH", str(tmp_path / "team" / "orders.duckdb"))
+    warehouse = resources_from_env()["warehouse"]
+    assert warehouse.analyst_database == str(tmp_path / "team" / "orders.duckdb")
+    assert warehouse.database == str(tmp_path / "team" / ".ordersync-working" / "orders.duckdb")
+    monkeypatch.setenv("ORDERSYNC_WORKING_DUCKDB_PATH", str(tmp_path / "private.duckdb"))
+    assert resources_from_env()["warehouse"].database == str(tmp_path / "private.duckdb")
+    monkeypatch.setenv("ORDERSYNC_DUCKDB_STORAGE_VERSION", "v0.0.0-nope")
+    with pytest.raises(ValueError, match="ORDERSYNC_DUCKDB_STORAGE_VERSION must be a DuckDB storage version"):
+        resources_from_env()
+
+
+def a_folder(tmp: Path) -> Path:
+    (tmp / "a_folder").mkdir()
+    return tmp / "a_folder"
+
+
+def a_text_file(tmp: Path) -> Path:
+    (tmp / "notes.duckdb").write_text("not a database\n" * 500)
+    return tmp / "notes.duckdb"
+
+
+def a_read_only_place(tmp: Path) -> Path:
+    return Path("/proc/ordersync/ordersync.duckdb")  # read-only even for root
+
+
+@pytest.mark.parametrize("make_bad_path, setting, says", [
+    (a_folder, "ORDERSYNC_DUCKDB_PATH", "is a directory"),
+    (a_text_file, "ORDERSYNC_DUCKDB_PATH", "is not a DuckDB database file"),
+    (a_read_only_place, "ORDERSYNC_DUCKDB_PATH", "cannot create its folder"),
+])
+def test_an_unusable_duckdb_path_fails_in_one_line_naming_the_setting(tmp_path, make_bad_path, setting, says):
+    bad = str(make_bad_path(tmp_path))
+    warehouse = OrderSyncWarehouse(database=default_working_path(bad), analyst_database=bad)
+    with pytest.raises(WarehouseFileError) as raised:
+        with warehouse.connect():
+            pass
+    message = str(raised.value)
+    assert message.startswith(f"{setting}={bad}") and says in message and "\n" not in message
+    assert not os.path.exists(default_working_path(bad))  # nothing written
