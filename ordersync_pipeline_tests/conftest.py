@@ -2,6 +2,7 @@
 
 import datetime as dt
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ def database(tmp_path):
 @pytest.fixture
 def published(tmp_path):
     """The file analysts open, published by analyst_database."""
-    return str(tmp_path / "analysts" / "ordersync.duckdb")
+    return duckdb_env(str(tmp_path / "ordersync.duckdb"))["ORDERSYNC_DUCKDB_PATH"]
 
 
 @pytest.fixture
@@ -41,6 +42,12 @@ def resources(simulator, database, published):
         "ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=simulator.base_url),
         "warehouse": OrderSyncWarehouse(database=database, analyst_database=published),
     }
+
+
+def duckdb_env(database: str) -> dict[str, str]:
+    """Settings for a Dagster process: runs write `database`; analysts' file in a folder beside it."""
+    return {"ORDERSYNC_WORKING_DUCKDB_PATH": database,
+            "ORDERSYNC_DUCKDB_PATH": str(Path(database).parent / "analysts" / "ordersync.duckdb")}
 
 
 def range_tags(first: str, last: str) -> dict[str, str]:

@@ -190,3 +190,75 @@ def test_an_unusable_duckdb_path_fails_in_one_line_naming_the_setting(tmp_path, 
     message = str(raised.value)
     assert message.startswith(f"{setting}={bad}") and says in message and "\n" not in message
     assert not os.path.exists(default_working_path(bad))  # nothing written
+
+
+@pytest.mark.slow
+def test_kill_9_while_publishing_leaves_the_old_or_the_new_snapshot_whole(tmp_path):
+    import random
+    import signal
+    import time
+
+    working, published = str(tmp_path / "work" / "w.duckdb"), str(tmp_path / "ordersync.duckdb")
+    os.makedirs(tmp_path / "work")
+    rng = random.Random(5)
+    versions_seen = set()
+    for attempt in range(8):
+        publisher = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline_tests.publisher_to_kill",
+                                      working, published], stdout=subprocess.PIPE, text=True)
+        first = int(publisher.stdout.readline())  # one publish done: the kill lands in a later one
+        time.sleep(rng.uniform(0.0, 0.6))
+        publisher.send_signal(signal.SIGKILL)
+        publisher.wait(timeout=30)
+        with duckdb.connect(published, read_only=True) as conn:
+            (version,) = conn.execute("SELECT v FROM version").fetchall()[0]
+            rows, versions = conn.execute("SELECT count(*), count(DISTINCT v) FROM lines WHERE v = "
+                                          "(SELECT v FROM version)").fetchall()[0]
+            assert conn.execute("SELECT count(*) FROM lines").fetchall()[0][0] == rows == 300_000, attempt
+        assert version >= first and versions == 1, f"attempt {attempt}: a partial snapshot"
+        versions_seen.add(version)
+        assert not os.path.exists(f"{published}.wal")
+    leftovers = [name for name in os.listdir(tmp_path) if ".publishing-" in name]
+    # The next publish removes what killed ones left behind.
+    from ordersync_pipeline.snapshots import remove_leftovers
+
+    assert sorted(remove_leftovers(published)) == sorted(str(tmp_path / name) for name in leftovers)
+    assert files_beside(published) == ["ordersync.duckdb", "work"]
+    assert len(versions_seen) > 1
+
+
+CLIENT_VENVS = Path.home() / ".cache" / "ordersync-pipeline-tests"
+CLIENT_QUERY = """
+import duckdb, json, sys
+conn = duckdb.connect(sys.argv[1], read_only=True)
+tables = [t for (t,) in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
+latest = conn.execute("SELECT max(order_date)::VARCHAR, max(delivery_date)::VARCHAR FROM order_statuses").fetchall()[0]
+names = conn.execute("SELECT max(len(extra_field_names)) FROM order_status_loads").fetchall()[0][0]
+print(json.dumps({"version": duckdb.__version__, "counts": counts, "latest": list(latest), "names": names}))
+"""
+
+
+def duckdb_client(version: str) -> str:
+    """The python of a virtual environment holding only duckdb==version (created once, then reused)."""
+    venv = CLIENT_VENVS / f"duckdb-{version}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"duckdb=={version}"], check=True, timeout=600)
+    return str(python)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["1.4.4", "1.5.6"])  # the 1.4 LTS and the newest 1.5
+def test_the_published_file_opens_in_older_duckdb_clients(simulator, resources, published, version):
+    import json
+
+    assert run_daily(resources, "2025-12-08").success
+    answer = subprocess.run([duckdb_client(version), "-c", CLIENT_QUERY, published], capture_output=True, text=True,
+                            check=True, timeout=120)
+    seen_by_client = json.loads(answer.stdout)
+    mine = json.loads(subprocess.run([sys.executable, "-c", CLIENT_QUERY, published], capture_output=True,
+                                     text=True, check=True, timeout=120).stdout)
+    assert seen_by_client["version"] == version
+    assert seen_by_client["counts"] == mine["counts"] and mine["counts"]["order_statuses"] > 0
+    assert seen_by_client["latest"] == mine["latest"] and seen_by_client["names"] == mine["names"]

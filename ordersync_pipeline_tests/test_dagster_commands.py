@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+from ordersync_pipeline_tests.conftest import duckdb_env
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 pytestmark = pytest.mark.slow
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def dagster(args: list[str], simulator, database: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": simulator.base_url,
-           "ORDERSYNC_DUCKDB_PATH": database}
+           **duckdb_env(database)}
     env.pop("DAGSTER_HOME", None)
     completed = subprocess.run([sys.executable, "-m", "dagster", *args], capture_output=True, text=True,
                                timeout=300, env=env)

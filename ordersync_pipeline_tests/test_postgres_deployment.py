@@ -14,7 +14,7 @@ import pytest
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import free_port, running_deployment
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
@@ -64,20 +64,25 @@ def test_postgres_backed_instance_runs_a_ui_backfill(postgres, tmp_path):
     with OrderSyncSimulator(SimulatedRetailer(seed=8, orders_per_day=40), clock=SimulatedClock(SIM_NOW),
                             first_day=SIM_FIRST_DAY) as sim:
         env = {**os.environ, **postgres, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
-               "ORDERSYNC_DUCKDB_PATH": database}
+               **duckdb_env(database)}
         with running_deployment(home, env) as ui:
             backfill = ui.launch_backfill({"partitionsByAssets": [{
                 "assetKey": {"path": ["order_statuses"]},
                 "partitions": {"range": {"start": "2025-12-01", "end": "2025-12-05"}}}]})
             assert ui.wait_for_backfill(backfill, timeout=300) == "COMPLETED_SUCCESS"
             runs = ui.backfill_runs(backfill)
-        assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
+            # The daemon's sensor then publishes the analysts' file (marts rebuilt, checks re-run).
+            published = ui.wait_for_runs(("ordersync/published_after_run", runs[0]["runId"]), count=1, timeout=180)
+            assert [r["status"] for r in published] == ["SUCCESS"]
+        for path in duckdb_env(database).values():  # the working file and the published one
+            assert_table_equals_truth(path, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
 
     with psycopg2.connect(host="127.0.0.1", port=postgres["DAGSTER_PG_PORT"], user="postgres", dbname="dagster") as pg:
         with pg.cursor() as cursor:
             cursor.execute("SELECT run_id, status FROM runs")
             stored_runs = dict(cursor.fetchall())
-            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                           "AND asset_key = '[\"order_statuses\"]'")
             materializations = cursor.fetchone()[0]
     assert {r["runId"] for r in runs} <= stored_runs.keys() and set(stored_runs.values()) == {"SUCCESS"}
     assert materializations == 5  # one per partition of the range

@@ -10,7 +10,7 @@ import pytest
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import running_deployment
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
@@ -38,7 +38,7 @@ def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_pat
     retailer = SimulatedRetailer(seed=21, orders_per_day=25)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
         env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
-               "ORDERSYNC_DUCKDB_PATH": database, "ORDERSYNC_LOOKBACK_DAYS": "2"}
+               **duckdb_env(database), "ORDERSYNC_LOOKBACK_DAYS": "2"}
         with running_deployment(home, env) as ui:
             # 1. An asset backfill of a week: one run (single-run backfill policy).
             week = ui.launch_backfill({"partitionsByAssets": [{
