@@ -189,8 +189,9 @@ def _server_message(response: httpx.Response, api_key: str) -> str:
     except ValueError:
         text = response.text.strip() or response.reason_phrase
     else:
-        error_keys = [key for key in ("error", "message", "detail", "errors") if isinstance(body, dict) and key in body]
-        value = body[error_keys[0]] if error_keys else body
+        value = body
+        if isinstance(body, dict):
+            value = next((body[key] for key in ("error", "message", "detail", "errors") if key in body), body)
         text = value if isinstance(value, str) else json.dumps(value)
     return redact_key(text, api_key)[:300]
 
