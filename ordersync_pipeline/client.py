@@ -11,6 +11,7 @@ import email.utils
 import ipaddress
 import json
 import math
+import re
 import threading
 import time
 import urllib.parse
@@ -25,7 +26,11 @@ import tenacity
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
 MAX_PO_NUMBERS_PER_REQUEST = 100  # the API's documented maximum for the bulk endpoint
+BY_DATE_PATH = "/api/v1/orders/by-date"
 RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDACTED = "[redacted]"
+# An API-key header quoted in text: `X-API-Key: v`, `"x-api-key": "v"`, `x_api_key=v`, whatever the key.
+_API_KEY_HEADER = re.compile(r"""(x[-_]api[-_]key["']?\s*[:=]\s*["']?)[^\s"',;&}]+""", re.IGNORECASE)
 
 
 class OrderSyncError(Exception):
@@ -47,6 +52,10 @@ class OrderSyncRequestError(OrderSyncError):
         super().__init__(message)
         self.status_code = status_code
         self.server_message = server_message
+
+
+class OrderSyncNotFoundError(OrderSyncRequestError):
+    """404 with the API's JSON error envelope: nothing at that look-up path (see OrderSyncClient._look_up)."""
 
 
 class OrderSyncUnavailableError(OrderSyncError):
@@ -166,19 +175,25 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
-def _server_message(response: httpx.Response) -> str:
-    """The server's own words about an error, shortened; never echoes request headers."""
+def redact_key(text: str, api_key: str) -> str:
+    """`text` without the API key or any X-API-Key header value: a server or proxy may echo request headers
+    in its error bodies, and those words end up in exceptions and run logs."""
+    text = _API_KEY_HEADER.sub(lambda match: match.group(1) + REDACTED, text)
+    return text.replace(api_key, REDACTED) if api_key else text
+
+
+def _server_message(response: httpx.Response, api_key: str) -> str:
+    """The server's own words about an error, redacted, then shortened (so no key is cut in half)."""
     try:
         body = response.json()
     except ValueError:
-        text = response.text.strip()
-        return text[:300] if text else response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("error", "message", "detail", "errors"):
-            if key in body:
-                value = body[key]
-                return value if isinstance(value, str) else json.dumps(value)[:300]
-    return json.dumps(body)[:300]
+        text = response.text.strip() or response.reason_phrase
+    else:
+        value = body
+        if isinstance(body, dict):
+            value = next((body[key] for key in ("error", "message", "detail", "errors") if key in body), body)
+        text = value if isinstance(value, str) else json.dumps(value)
+    return redact_key(text, api_key)[:300]
 
 
 class _WaitHonouringRetryAfter(tenacity.wait.wait_base):
@@ -204,10 +219,10 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (_RetryableResponse, httpx.TransportError))
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, api_key: str) -> str:
     if isinstance(exc, _RetryableResponse):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return str(exc)  # built from _server_message, already redacted
+    return redact_key(f"{type(exc).__name__}: {exc}", api_key) if str(exc) else type(exc).__name__
 
 
 class OrderSyncClient:
@@ -215,7 +230,9 @@ class OrderSyncClient:
 
     Every request is retried on 429, 5xx, timeouts, dropped connections and bodies that are cut short or
     not JSON, with exponential backoff and jitter (tenacity), honouring Retry-After, within a total time
-    budget per request. 400/401/403/404 fail at once with the server's message.
+    budget per request. 400/401/403 fail at once with the server's message; so does 404, except that a
+    look-up by PO or supplier order answered with the API's JSON 404 means "no lines" (see _look_up).
+    Messages never hold the key, even when the server's error text echoes it (redact_key).
     """
 
     def __init__(
@@ -254,6 +271,8 @@ class OrderSyncClient:
         if max_concurrent_pages < 1:
             raise OrderSyncConfigError(f"max_concurrent_pages must be >= 1, got {max_concurrent_pages}")
         self.base_url = check_base_url(base_url)
+        self._api_key = api_key  # for redact_key only; it travels in the client's headers
+        self._api_answers_here = False  # set once by-date answered at base_url (see _look_up)
         self.page_limit = page_limit
         self.max_concurrent_pages = max_concurrent_pages
         self.max_paging_passes = max_paging_passes
@@ -291,7 +310,13 @@ class OrderSyncClient:
         params = {"start_date": start_date.isoformat(), "page": page, "limit": self.page_limit}
         if end_date is not None:
             params["end_date"] = end_date.isoformat()
-        return self._request_page("GET", "/api/v1/orders/by-date", params=params)
+        return self._by_date_page(params)
+
+    def _by_date_page(self, params: dict[str, Any]) -> Page:
+        try:
+            return self._request_page("GET", BY_DATE_PATH, params=params)
+        except OrderSyncNotFoundError as exc:
+            raise _wrong_base_url(exc, "by-date always exists") from None
 
     def fetch_order_statuses_for_day(self, day: dt.date) -> DayFetch:
         """Every record whose order_date falls on `day`, each exactly once.
@@ -335,12 +360,11 @@ class OrderSyncClient:
 
     def get_by_po(self, po_number: str) -> list[Any]:
         """`GET /api/v1/orders/by-po/:po_number`: every line of one PO (free text, URL-encoded)."""
-        return self._collect_pages("GET", f"/api/v1/orders/by-po/{_path_segment(po_number)}")
+        return self._look_up(f"/api/v1/orders/by-po/{_path_segment(po_number)}")
 
     def get_by_supplier_order(self, supplier_order_id: str) -> list[Any]:
         """`GET /api/v1/orders/by-supplier-order/:id`: every line of one supplier order."""
-        path = f"/api/v1/orders/by-supplier-order/{_path_segment(supplier_order_id)}"
-        return self._collect_pages("GET", path)
+        return self._look_up(f"/api/v1/orders/by-supplier-order/{_path_segment(supplier_order_id)}")
 
     def get_by_po_numbers(self, po_numbers: Iterable[str]) -> list[Any]:
         """`POST /api/v1/orders/by-po-numbers` in batches of at most 100 distinct PO numbers."""
@@ -348,8 +372,28 @@ class OrderSyncClient:
         records: list[Any] = []
         for start in range(0, len(unique), MAX_PO_NUMBERS_PER_REQUEST):
             batch = unique[start : start + MAX_PO_NUMBERS_PER_REQUEST]
-            records.extend(self._collect_pages("POST", "/api/v1/orders/by-po-numbers", {"po_numbers": batch}))
+            try:
+                records.extend(self._collect_pages("POST", "/api/v1/orders/by-po-numbers", {"po_numbers": batch}))
+            except OrderSyncNotFoundError as exc:
+                # Not "none of these POs": the bulk endpoint answers with the lines it found, so a 404 means the
+                # endpoint itself is missing. Reading it as empty would silently stop every refresh.
+                raise _wrong_base_url(exc, "the bulk endpoint leaves unknown PO numbers out") from None
         return records
+
+    def _look_up(self, path: str) -> list[Any]:
+        """A look-up's records; the API's JSON 404 (an unknown PO or supplier order) means no lines.
+
+        A wrong ORDERSYNC_BASE_URL (an extra path, another JSON service) answers JSON 404s too, so the first
+        404 is trusted only after by-date, which always exists, answers at the same base URL.
+        """
+        try:
+            return self._collect_pages("GET", path)
+        except OrderSyncNotFoundError:
+            if not self._api_answers_here:
+                today = dt.datetime.now(dt.timezone.utc).date()
+                self._by_date_page({"start_date": today.isoformat(), "limit": 1})
+                self._api_answers_here = True
+            return []
 
     # -- paging ------------------------------------------------------------------------------------
     def _fetch_every_page(self, day: dt.date) -> list[Page]:
@@ -401,7 +445,7 @@ class OrderSyncClient:
                 self._rate_budget.acquire()
             self.counter.add(retry=attempt_number > 1)
             response = self._http.request(method, path, params=params, json=body)
-            return _parse_page(response, method, path)
+            return _parse_page(response, method, path, self._api_key)
 
         try:
             # copy(): a Retrying keeps per-call state, and pages are fetched from several threads.
@@ -415,7 +459,7 @@ class OrderSyncClient:
         except (_RetryableResponse, httpx.TransportError) as exc:
             raise OrderSyncUnavailableError(
                 f"OrderSync {method} {path} still failing after {attempt_number} attempts "
-                f"(last: {_describe(exc)}). The API may be down or rate-limiting; try again later, "
+                f"(last: {_describe(exc, self._api_key)}). The API may be down or rate-limiting; try again later, "
                 "or lower the request rate."
             ) from None
 
@@ -426,19 +470,35 @@ def _path_segment(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _parse_page(response: httpx.Response, method: str, path: str) -> Page:
+def _wrong_base_url(not_found: OrderSyncNotFoundError, why: str) -> OrderSyncConfigError:
+    return OrderSyncConfigError(
+        f"{not_found} ({why}): ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like "
+        f"{DEFAULT_BASE_URL})"
+    )
+
+
+def _is_json_error_envelope(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return "json" in response.headers.get("Content-Type", "") and isinstance(body, dict) and "error" in body
+
+
+def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) -> Page:
     status = response.status_code
     if status in (401, 403):
         raise OrderSyncAuthError(
-            f"OrderSync refused the API key (HTTP {status}: {_server_message(response)}). Check that "
+            f"OrderSync refused the API key (HTTP {status}: {_server_message(response, api_key)}). Check that "
             "ORDERSYNC_API_KEY holds a live key of this retailer and that ORDERSYNC_BASE_URL is right."
         )
     if status in RETRYABLE_STATUS_CODES:
-        raise _RetryableResponse(f"HTTP {status}", retry_after=_retry_after_seconds(response))
+        raise _RetryableResponse(f"HTTP {status}: {_server_message(response, api_key)}",
+                                 retry_after=_retry_after_seconds(response))
     if 300 <= status < 400:
+        location = redact_key(response.headers.get("Location", "an unnamed place"), api_key)
         raise OrderSyncConfigError(
-            f"OrderSync answered {method} {path} with a redirect (HTTP {status} to "
-            f"{response.headers.get('Location', 'an unnamed place')}): check ORDERSYNC_BASE_URL"
+            f"OrderSync answered {method} {path} with a redirect (HTTP {status} to {location}): check ORDERSYNC_BASE_URL"
         )
     content_type = response.headers.get("Content-Type", "application/json")
     if 200 <= status < 300 and "json" not in content_type:
@@ -446,11 +506,15 @@ def _parse_page(response: httpx.Response, method: str, path: str) -> Page:
             f"OrderSync answered {method} {path} with {content_type}, not JSON: ORDERSYNC_BASE_URL does not point at "
             f"the Order Status API (it should look like {DEFAULT_BASE_URL})"
         )
-    if 400 <= status < 500:
-        message = _server_message(response)
-        raise OrderSyncRequestError(
-            f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message
+    if status == 404 and not _is_json_error_envelope(response):  # a web server's page, not the API's answer
+        raise OrderSyncConfigError(
+            f"OrderSync answered {method} {path} with HTTP 404 ({content_type}) and not the API's JSON error: "
+            f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"
         )
+    if 400 <= status < 500:
+        message = _server_message(response, api_key)
+        error = OrderSyncNotFoundError if status == 404 else OrderSyncRequestError
+        raise error(f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message)
     if not 200 <= status < 300:
         raise _RetryableResponse(f"unexpected HTTP {status}")
     try:
@@ -468,5 +532,5 @@ def _parse_page(response: httpx.Response, method: str, path: str) -> Page:
             has_more=bool(meta.get("has_more", False)),
         )
     except (TypeError, ValueError):
-        raise _RetryableResponse(f"response meta is malformed: {json.dumps(meta)[:200]}") from None
+        raise _RetryableResponse(f"response meta is malformed: {redact_key(json.dumps(meta), api_key)[:200]}") from None
     return Page(records=body["data"], meta=page_meta)

@@ -3,6 +3,11 @@
 Pure functions: no HTTP, no Dagster, no DuckDB. Every field of the payload survives: known fields get
 their column, unknown fields go to `extra_fields` (JSON), and a record that breaks the contract goes to
 the rejects frame with its reason and raw JSON instead of being dropped.
+
+In the `hash` and `drop` personal-data modes nothing that is or may be personal data is kept: the customer
+fields are hashed/nulled everywhere (rejects' raw JSON too), and the values of fields the reference does
+not list, nested objects and arrays, and non-object records are replaced by a `<withheld TYPE>` marker.
+Field names are always kept, so drift stays visible.
 """
 
 from __future__ import annotations
@@ -69,9 +74,28 @@ def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
-def _split_by_contract(records: list[Any]) -> tuple[list[dict], list[dict], list[str | None], list[tuple[Any, str]]]:
+def _withheld(value: Any) -> str | None:
+    """What hash/drop modes keep of a value that may be personal data: its JSON type, never the value."""
+    return None if value is None else f"<withheld {_json_type(value)}>"
+
+
+def _number_as_text(value: Any) -> Any:
+    # A PO number sent as 12345 is still PO "12345".
+    return json.dumps(value) if type(value) in (int, float) else value
+
+
+def personal_data_hash(text: str) -> str:
+    """SHA-256 hex of a customer name or email; people compare emails case-insensitively, so of a trimmed,
+    lower-cased form."""
+    return hashlib.sha256(text.strip().lower().encode()).hexdigest()
+
+
+def _split_by_contract(
+    records: list[Any], pii_mode: str
+) -> tuple[list[dict], list[dict], list[str | None], list[tuple[Any, str]]]:
     """One pass over the records: shape-valid ones (text fields only), the originals they came from,
-    their unknown fields as JSON, and the records rejected for their shape.
+    their unknown fields as JSON (values withheld unless pii_mode is raw), and the records rejected for
+    their shape.
 
     This is the only per-record Python: JSON values of mixed types cannot be typed by polars without
     silently coercing them, so types are checked here and everything else is done in polars.
@@ -94,11 +118,9 @@ def _split_by_contract(records: list[Any]) -> tuple[list[dict], list[dict], list
         problem = None
         for key, value in record.items():
             if key not in API_FIELDS:
-                unknown[key] = value
-            elif value is None or type(value) is str:
-                clean[key] = value
-            elif type(value) in (int, float):
-                clean[key] = json.dumps(value)  # a PO number sent as 12345 is still PO "12345"
+                unknown[key] = value if pii_mode == "raw" else _withheld(value)
+            elif value is None or type(value) in (str, int, float):
+                clean[key] = _number_as_text(value)
             else:
                 problem = f"{key} is a JSON {_json_type(value)}, expected a string"
                 break
@@ -133,12 +155,13 @@ def normalise_order_statuses(
 
     `expected_day`: the by-date day that was asked for; a record whose order_date falls on another UTC
     day is the API being wrong and is rejected rather than stored under the wrong partition.
-    `pii_mode`: what to keep of customer name and email: "raw", "hash" (SHA-256 hex) or "drop" (null).
+    `pii_mode`: what to keep of customer name and email: "raw", "hash" (SHA-256 hex) or "drop" (null);
+    outside "raw", values that may be personal data are withheld too (see the module docstring).
     """
     if pii_mode not in PII_MODES:
         raise ValueError(f"pii_mode must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
     fetched_at = fetched_at.astimezone(dt.timezone.utc)
-    valid, originals, extras, shape_rejects = _split_by_contract(records)
+    valid, originals, extras, shape_rejects = _split_by_contract(records, pii_mode)
 
     frame = pl.DataFrame(valid, schema={name: pl.String for name in TEXT_FIELDS}).with_columns(
         pl.Series("extra_fields", extras, dtype=pl.String),
@@ -178,7 +201,8 @@ def normalise_order_statuses(
 
     # Rejected rows are few: look their original records up by position to keep the raw JSON.
     rejected = [(originals[index], reason) for index, reason in zip(bad["_index"], bad["_reason"])]
-    rejects = _rejects_frame(rejected + shape_rejects, expected_day=expected_day, fetched_at=fetched_at)
+    rejects = _rejects_frame(rejected + shape_rejects, expected_day=expected_day, fetched_at=fetched_at,
+                             pii_mode=pii_mode)
     extra_names = sorted({key for text in extras if text for key in json.loads(text)})
     return NormalisedStatuses(rows, rejects, good.height - deduplicated.height, tuple(extra_names))
 
@@ -192,14 +216,33 @@ def _protect_personal_data(pii_mode: str) -> list[pl.Expr]:
 
 
 def _sha256_hex(column: str) -> pl.Expr:
-    # Emails are compared case-insensitively by people, so hash a trimmed, lower-cased form.
-    return pl.col(column).map_elements(
-        lambda value: hashlib.sha256(value.strip().lower().encode()).hexdigest(), return_dtype=pl.String
-    )
+    return pl.col(column).map_elements(personal_data_hash, return_dtype=pl.String)
+
+
+def _protect_raw_record(record: Any, pii_mode: str) -> Any:
+    """A rejected record as it may be stored: as received in `raw` mode; otherwise with the customer fields
+    hashed/nulled as their columns would be, and every value that may be personal data withheld."""
+    if pii_mode == "raw":
+        return record
+    if type(record) is not dict:
+        return _withheld(record)
+    protected = {}
+    for key, value in record.items():
+        if key in PERSONAL_DATA_FIELDS:
+            text = _number_as_text(value)  # as its column would hold it, so the hashes match
+            if pii_mode == "drop" or text is None:
+                protected[key] = None
+            else:
+                protected[key] = personal_data_hash(text) if type(text) is str else _withheld(text)
+        elif key not in API_FIELDS or type(value) in (dict, list):  # unlisted, or nested where text belongs
+            protected[key] = _withheld(value)
+        else:
+            protected[key] = value
+    return protected
 
 
 def _rejects_frame(
-    rejected: list[tuple[Any, str]], *, expected_day: dt.date | None, fetched_at: dt.datetime
+    rejected: list[tuple[Any, str]], *, expected_day: dt.date | None, fetched_at: dt.datetime, pii_mode: str
 ) -> pl.DataFrame:
     return pl.DataFrame(
         {
@@ -209,7 +252,8 @@ def _rejects_frame(
                 for record, _ in rejected
             ],
             "reason": [reason for _, reason in rejected],
-            "raw_json": [json.dumps(record, sort_keys=True, default=str) for record, _ in rejected],
+            "raw_json": [json.dumps(_protect_raw_record(record, pii_mode), sort_keys=True, default=str)
+                         for record, _ in rejected],
             "fetched_at": [fetched_at] * len(rejected),
         },
         schema=REJECT_SCHEMA,

@@ -92,14 +92,19 @@ COMMENTS = {
             "delivery_utc_offset": "The local UTC offset delivery_date was reported with, e.g. -08:00",
             "order_day": "UTC day of order_date: the Dagster partition the line belongs to",
             "fetched_at": "When this version of the line was fetched from the API (UTC)",
-            "extra_fields": "JSON object of fields the API sent that the reference does not list; null if none",
+            "extra_fields": "JSON object of fields the API sent that the reference does not list; null if none. "
+                            "With ORDERSYNC_PII_MODE hash or drop only their names are kept, each value replaced "
+                            "by its type, e.g. {\"customer_phone\": \"<withheld str>\"}",
         },
     ),
     "order_status_rejects": (
         "Records the API sent that break the contract (missing id, unparseable date, wrong type, wrong day): "
         "kept with the reason and raw JSON instead of being dropped.",
         {"order_day": "Day requested from by-date (null for refresh look-ups)", "reason": "Why it was rejected",
-         "raw_json": "The record exactly as received", "source": "Endpoint that returned it"},
+         "raw_json": "The record exactly as received; with ORDERSYNC_PII_MODE hash or drop, customer and "
+                     "customer_email are hashed/null as in order_statuses and the values of unlisted fields, "
+                     "nested objects/arrays and non-object records are replaced by their type (<withheld TYPE>)",
+         "source": "Endpoint that returned it"},
     ),
     "order_status_loads": (
         "One row per loaded day: what the API reported and what was stored (feeds the row-count check).",

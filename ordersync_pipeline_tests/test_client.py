@@ -268,3 +268,34 @@ def test_pages_are_counted_with_the_limit_the_server_applied():
     with make_client(handler) as client:
         fetch = client.fetch_order_statuses_for_day(DAY)
     assert len(fetch.records) == 120 and fetch.pages_fetched == 3 and fetch.consistent
+
+
+def echoing_api(status: int, style: str):
+    """A server (or proxy) whose error bodies quote the request headers, the key among them."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = "\n".join(f"{name}: {value}" for name, value in request.headers.items())
+        if style == "text":
+            return httpx.Response(status, text=f"Bad request\n{headers}\nX-Api-Key:  {request.headers['X-API-Key']}")
+        return httpx.Response(status, json={"error": f"bad request, headers were: {headers}"})
+    return handler
+
+
+@pytest.mark.parametrize("style", ["json", "text"])
+@pytest.mark.parametrize("status, error_type", [(400, OrderSyncRequestError), (401, OrderSyncAuthError),
+                                                (500, OrderSyncUnavailableError)])
+def test_a_key_echoed_in_an_error_body_is_redacted_from_the_error(status, error_type, style):
+    with make_client(echoing_api(status, style), max_attempts=2) as client:
+        with pytest.raises(error_type) as error:
+            client.get_by_po("AB1")
+    message = str(error.value)
+    assert f"HTTP {status}" in message and "[redacted]" in message  # the server's text is there, the key is not
+    assert KEY not in message and KEY[:12] not in message
+    assert KEY not in getattr(error.value, "server_message", "")
+
+
+def test_redact_key_removes_the_key_and_any_api_key_header_value():
+    from ordersync_pipeline.client import redact_key
+
+    text = f'{KEY} x-api-key: pk_other {{"X-API-Key": "pk_third"}} X_API_KEY=pk_fourth; kept'
+    redacted = redact_key(text, KEY)
+    assert "pk_" not in redacted and redacted.endswith("; kept")

@@ -122,3 +122,45 @@ def test_an_empty_page_gives_empty_typed_frames():
     result = normalise([])
     assert result.rows.is_empty() and result.rows.schema == pl.Schema(ORDER_STATUS_SCHEMA)
     assert result.rejects.is_empty()
+
+
+PERSONAL_VALUES = ("Tom Thomas", "tt@gmail.com", "+1 555 0100", "call Tom")
+
+
+def stored_text(result) -> str:
+    """Everything the frames would put in the warehouse, as one string to search."""
+    return json.dumps([result.rows.to_dicts(), result.rejects.to_dicts()], default=str, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_hash_and_drop_keep_no_personal_value_in_extras_or_rejects(mode):
+    with_phone = {**REFERENCE_RECORD, "order_status_id": "phone", "customer_phone": "+1 555 0100"}
+    bad_date = {**REFERENCE_RECORD, "order_status_id": "bad-date", "order_date": "12/03/2025 09:35",
+                "customer_phone": "+1 555 0100", "notes": {"text": "call Tom"}}
+    nested = {**REFERENCE_RECORD, "order_status_id": "nested", "status": {"note": "call Tom"}}
+    result = normalise([with_phone, bad_date, nested, "Tom Thomas <tt@gmail.com>", ["Tom Thomas"]],
+                       expected_day=dt.date(2025, 12, 3), pii_mode=mode)
+    text = stored_text(result)
+    assert not [value for value in PERSONAL_VALUES if value in text]
+    # Field names stay visible, values are replaced by their type.
+    assert json.loads(result.rows["extra_fields"][0]) == {"customer_phone": "<withheld str>"}
+    assert result.extra_field_names == ("customer_phone", "notes")
+    rejects = {row["order_status_id"]: (row["reason"], json.loads(row["raw_json"])) for row in result.rejects.to_dicts()}
+    reason, raw = rejects["bad-date"]
+    assert "unparseable order_date 12/03/2025 09:35" in reason
+    assert raw["customer_phone"] == "<withheld str>" and raw["notes"] == "<withheld object>"
+    assert raw["order_date"] == "12/03/2025 09:35" and raw["item"] == REFERENCE_RECORD["item"]  # the rest as sent
+    expected_customer = {"hash": hashlib.sha256(b"tom thomas").hexdigest(), "drop": None}[mode]
+    expected_email = {"hash": hashlib.sha256(b"tt@gmail.com").hexdigest(), "drop": None}[mode]
+    assert raw["customer"] == expected_customer and raw["customer_email"] == expected_email  # as in the columns
+    assert rejects["nested"][1]["status"] == "<withheld object>"
+    non_objects = sorted(json.loads(row["raw_json"]) for row in result.rejects.to_dicts() if row["order_status_id"] is None)
+    assert non_objects == ["<withheld array>", "<withheld str>"]  # only the type of a non-object record
+
+
+def test_raw_mode_keeps_everything_as_received():
+    bad_date = {**REFERENCE_RECORD, "order_date": "12/03/2025 09:35", "customer_phone": "+1 555 0100"}
+    result = normalise([{**REFERENCE_RECORD, "order_status_id": "phone", "customer_phone": "+1 555 0100"}, bad_date,
+                        "Tom Thomas"], expected_day=dt.date(2025, 12, 3))
+    assert json.loads(result.rows["extra_fields"][0]) == {"customer_phone": "+1 555 0100"}
+    assert [json.loads(raw) for raw in result.rejects["raw_json"]] == [bad_date, "Tom Thomas"]

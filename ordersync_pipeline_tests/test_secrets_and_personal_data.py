@@ -1,6 +1,8 @@
-"""The API key never reaches logs, run metadata, Dagster's storage, errors or DuckDB; PII is configurable."""
+"""The API key never reaches logs, run metadata, Dagster's storage, errors or DuckDB; PII is configurable,
+and in hash/drop modes no personal value is written anywhere."""
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
-from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
 
 SECRET = "pk_live_S3CRET_k3y_that_must_never_leak"
@@ -24,33 +26,52 @@ def files_containing(folder: Path, needle: str) -> list[str]:
     return [str(path) for path in folder.rglob("*") if path.is_file() and needle.encode() in path.read_bytes()]
 
 
-def duckdb_values_containing(database: str, needle: str) -> list[str]:
+def duckdb_columns_containing(database: str, needles: list[str]) -> dict[str, list[str]]:
+    """needle -> the table.column names holding it, searching every column's values as text (the file's
+    pages may be compressed, so its raw bytes are not enough)."""
+    found: dict[str, list[str]] = {}
     with duckdb.connect(database, read_only=True) as conn:
-        columns = conn.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE data_type = 'VARCHAR' AND NOT internal AND schema_name = 'main'").fetchall()
-        return [f"{t}.{c}" for t, c in columns
-                if conn.execute(f"SELECT count(*) FROM {t} WHERE {c} LIKE ?", [f"%{needle}%"]).fetchall()[0][0]]
+        columns = conn.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal AND schema_name = 'main'").fetchall()
+        for t, c in columns:
+            for (needle,) in conn.execute(f'SELECT DISTINCT n FROM "{t}", (SELECT unnest(?::VARCHAR[]) AS n) '
+                                          f'WHERE contains(CAST("{c}" AS VARCHAR), n)', [needles]).fetchall():
+                found.setdefault(needle, []).append(f"{t}.{c}")
+    return found
+
+
+def duckdb_values_containing(database: str, needle: str) -> list[str]:
+    return duckdb_columns_containing(database, [needle]).get(needle, [])
+
+
+def run_daily_job(env: dict[str, str], partition: str = "2025-12-09") -> subprocess.CompletedProcess:
+    """`dagster job execute` in its own process, as a deployment runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "ordersync_pipeline.definitions",
+         "-j", "daily_order_sync", "--tags", json.dumps({"dagster/partition": partition})],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **env})
 
 
 @pytest.mark.slow
-def test_the_key_leaks_nowhere_after_a_real_run_and_a_failed_one(tmp_path):
+@pytest.mark.parametrize("echo", ["json", "text"])
+def test_the_key_leaks_nowhere_after_a_real_run_and_a_failed_one(tmp_path, echo):
+    """...even when the server's error bodies echo the request headers, key included."""
     home, database = tmp_path / "dagster_home", str(tmp_path / "ordersync.duckdb")
     home.mkdir()
     retailer = SimulatedRetailer(seed=3, orders_per_day=40)
-    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY, api_key=SECRET) as sim:
+    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY, api_key=SECRET,
+                            faults=Faults(echo_request_headers=echo)) as sim:
         outputs = []
         for key, should_succeed in ((SECRET, True), (WRONG, False)):
-            env = {**os.environ, "DAGSTER_HOME": str(home), "ORDERSYNC_API_KEY": key,
-                   "ORDERSYNC_BASE_URL": sim.base_url, "ORDERSYNC_DUCKDB_PATH": database}
-            completed = subprocess.run(
-                [sys.executable, "-m", "dagster", "job", "execute", "-m", "ordersync_pipeline.definitions",
-                 "-j", "daily_order_sync", "--tags", '{"dagster/partition": "2025-12-09"}'],
-                capture_output=True, text=True, timeout=300, env=env)
+            completed = run_daily_job({"DAGSTER_HOME": str(home), "ORDERSYNC_API_KEY": key,
+                                       "ORDERSYNC_BASE_URL": sim.base_url, "ORDERSYNC_DUCKDB_PATH": database})
             assert (completed.returncode == 0) == should_succeed, completed.stderr[-2000:]
             outputs.append(completed.stdout + completed.stderr)
     assert "OrderSync refused the API key (HTTP 401" in outputs[1]  # the failure is clear...
+    assert "[redacted]" in outputs[1] and "x-api-key" in outputs[1].lower()  # ...quotes the echoed headers...
     for secret in (SECRET, WRONG):  # ...and neither key is anywhere
         assert all(secret not in output for output in outputs)
         assert files_containing(home, secret) == []
+        assert files_containing(tmp_path, secret) == []  # the DuckDB file and any WAL beside it
         assert secret.encode() not in Path(database).read_bytes()
         assert duckdb_values_containing(database, secret) == []
     assert any(home.rglob("*.db")), "expected Dagster's event storage under DAGSTER_HOME"
@@ -58,6 +79,41 @@ def test_the_key_leaks_nowhere_after_a_real_run_and_a_failed_one(tmp_path):
     assert len(instance_runs) == 2
     for run in instance_runs:
         assert SECRET not in str(run.run_config) and WRONG not in str(run.run_config)
+
+
+def personal_values_found(folder: Path, database: str, output: str, values: set[str]) -> set[str]:
+    """The values present in any file under `folder` (as UTF-8 or JSON-escaped bytes), in any value of the
+    DuckDB database, or in the captured output."""
+    forms = {form: value for value in values for form in (value, json.dumps(value)[1:-1])}
+    blobs = [path.read_bytes() for path in folder.rglob("*") if path.is_file()] + [output.encode()]
+    in_files = {value for form, value in forms.items() if any(form.encode() in blob for blob in blobs)}
+    return in_files | {forms[form] for form in duckdb_columns_containing(database, list(forms))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raw", "hash", "drop"])
+def test_in_hash_and_drop_modes_no_personal_value_is_written_anywhere(tmp_path, mode):
+    """Names, emails and an unlisted customer_phone field, in stored lines and in rejected records, searched
+    for in everything a real run writes; raw mode proves the search finds them."""
+    home, database = tmp_path / "dagster_home", str(tmp_path / "ordersync.duckdb")
+    home.mkdir()
+    day = dt.date(2025, 12, 9)
+    # Orders exist from `day` on, so the refresh's lookback re-reads only empty days: what by-date served for
+    # `day` is everything the API sent.
+    with OrderSyncSimulator(SimulatedRetailer(seed=3, orders_per_day=40), clock=SimulatedClock(SIM_NOW), first_day=day,
+                            faults=Faults(corrupt_every=7, extra_field_every=5)) as sim:
+        completed = run_daily_job({"DAGSTER_HOME": str(home), "ORDERSYNC_API_KEY": SIMULATOR_API_KEY,
+                                   "ORDERSYNC_BASE_URL": sim.base_url, "ORDERSYNC_DUCKDB_PATH": database,
+                                   "ORDERSYNC_PII_MODE": mode})
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        sent = sim.served_records_for_days(day, day)
+    rejected_phones = [r["customer_phone"] for i, r in enumerate(sent) if "customer_phone" in r and i % 7 == 0]
+    assert rejected_phones, "the test needs a rejected record with an unlisted field"
+    personal = {r[field] for r in sent for field in ("customer", "customer_email", "customer_phone") if field in r}
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM order_status_rejects").fetchall()[0][0] == len(sent[::7])
+    found = personal_values_found(tmp_path, database, completed.stdout + completed.stderr, personal)
+    assert found == (personal if mode == "raw" else set()), sorted(found)[:5]
 
 
 @pytest.mark.parametrize("mode", ["hash", "drop"])

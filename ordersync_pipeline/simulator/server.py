@@ -3,7 +3,8 @@
 It answers as the reference describes (X-API-Key auth, `{data, meta}` envelope, by-date paging with a
 limit of at most 100, bulk look-ups of at most 100 PO numbers) and decides what the reference leaves
 open, as our client assumes: dates are UTC days, `end_date` is inclusive, by-date results are ordered by
-(order_date, order_status_id), errors are JSON `{"error": message}` with 400/401/404/429/5xx.
+(order_date, order_status_id), errors are JSON `{"error": message}` with 400/401/404/429/5xx. An unknown
+PO or supplier order is answered with no lines, or with a 404 error (`not_found_style`): real APIs differ.
 
 Faults can be switched on to behave like a hostile production API (see `Faults`).
 """
@@ -16,6 +17,7 @@ import random
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +28,8 @@ SIMULATOR_API_KEY = "pk_test_ordersync_simulator"
 _MAX_LIMIT = 100
 _MAX_PO_NUMBERS = 100
 _CACHED_DAYS = 64
+NOT_FOUND_STYLES = ("empty", "404")
+ECHO_STYLES = ("", "json", "text")
 
 
 @dataclass
@@ -43,6 +47,10 @@ class Faults:
     paging_drift_events_per_day: int = 2  # late arrivals stop after this many per day, as they do for past days
     retry_after_seconds: float = 0.05
     corrupt_every: int = 0  # every n-th line of a by-date day is served with an unparseable order_date
+    extra_field_every: int = 0  # every n-th line of a by-date day carries customer_phone, a field not in the reference
+    # "json" or "text": error bodies (400/401/404/429/5xx) quote the request headers, API key included, as a
+    # debugging proxy might, in the JSON error envelope or as plain text.
+    echo_request_headers: str = ""
     seed: int = 1
 
     @classmethod
@@ -83,14 +91,21 @@ class OrderSyncSimulator:
         first_day: dt.date | None = None,
         api_key: str = SIMULATOR_API_KEY,
         faults: Faults | None = None,
+        not_found_style: str = "empty",
         port: int = 0,
     ):
+        if not_found_style not in NOT_FOUND_STYLES:
+            raise ValueError(f"not_found_style must be one of {', '.join(NOT_FOUND_STYLES)}, got {not_found_style!r}")
+        self.not_found_style = not_found_style
         self.retailer = retailer or SimulatedRetailer()
         self.clock = clock or SimulatedClock()
         # Orders exist from first_day on; look-ups by PO search from there to today.
         self.first_day = first_day or (self.clock.now().date() - dt.timedelta(days=60))
         self.api_key = api_key
         self.faults = faults or Faults()
+        if self.faults.echo_request_headers not in ECHO_STYLES:
+            raise ValueError(f"Faults.echo_request_headers must be one of {', '.join(map(repr, ECHO_STYLES))}, "
+                             f"got {self.faults.echo_request_headers!r}")
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
         self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
         self._fault_rng = random.Random(self.faults.seed)
@@ -148,6 +163,21 @@ class OrderSyncSimulator:
         days = (first + dt.timedelta(days=i) for i in range((last - first).days + 1))
         return [record for day in days for record in self.records_for_day(day)]
 
+    def served_records_for_days(self, first: dt.date, last: dt.date) -> list[dict]:
+        """What by-date sends for the range: the truth, with the record faults switched on applied."""
+        records = self.records_for_days(first, last)
+        corrupt_every, extra_field_every = self.faults.corrupt_every, self.faults.extra_field_every
+        if not (corrupt_every or extra_field_every):
+            return records
+        served = []
+        for i, record in enumerate(records):
+            if corrupt_every and i % corrupt_every == 0:
+                record = {**record, "order_date": "31/12/2025 9:00"}
+            if extra_field_every and i % extra_field_every == 0:
+                record = {**record, "customer_phone": _phone_number(record["order_status_id"])}
+            served.append(record)
+        return served
+
     def records_for_po(self, po_number: str) -> list[dict]:
         return self._lookup(self._by_po, po_number)
 
@@ -203,6 +233,10 @@ class OrderSyncSimulator:
     def count(self, endpoint: str) -> None:
         with self._lock:
             self.requests[endpoint] += 1
+
+
+def _phone_number(order_status_id: str) -> str:
+    return f"+1 555 {zlib.crc32(order_status_id.encode()) % 10_000_000:07d}"
 
 
 def _envelope(records: list[dict], *, page: int = 1, limit: int | None = None, total: int | None = None) -> dict:
@@ -264,18 +298,17 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if fault == "rate_limited":
-                return self._send(429, {"error": "rate limit exceeded"},
-                                  {"Retry-After": f"{sim.faults.retry_after_seconds:g}"})
+                return self._send_error(429, "rate limit exceeded", {"Retry-After": f"{sim.faults.retry_after_seconds:g}"})
             if fault == "server_error":
-                return self._send(sim._fault_rng.choice((500, 502, 503)), {"error": "upstream unavailable"})
+                return self._send_error(sim._fault_rng.choice((500, 502, 503)), "upstream unavailable")
             if fault == "slow":
                 time.sleep(sim.faults.slow_seconds)
             if self.headers.get("X-API-Key") != sim.api_key:
-                return self._send(401, {"error": "Invalid or missing API key"})
+                return self._send_error(401, "Invalid or missing API key")
             try:
                 payload = self._route(method, url.path, urllib.parse.parse_qs(url.query), body)
             except _ApiError as exc:
-                return self._send(exc.status, {"error": str(exc)})
+                return self._send_error(exc.status, str(exc))
             self._send(200, payload, truncate=fault == "truncated")
 
         @staticmethod
@@ -295,7 +328,11 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             for prefix, lookup in (("/api/v1/orders/by-po/", sim.records_for_po),
                                    ("/api/v1/orders/by-supplier-order/", sim.records_for_supplier_order)):
                 if method == "GET" and path.startswith(prefix) and len(path) > len(prefix):
-                    return _envelope(lookup(urllib.parse.unquote(path[len(prefix):])))
+                    value = urllib.parse.unquote(path[len(prefix):])
+                    records = lookup(value)
+                    if not records and sim.not_found_style == "404":
+                        raise _ApiError(404, f"no order lines found for {value!r}")
+                    return _envelope(records)
             raise _ApiError(404, f"no such endpoint: {method} {path}")
 
         def _by_date(self, query: dict[str, str]) -> dict:
@@ -307,10 +344,7 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
             if page > 1 and sim.faults.paging_drift and sim.draw_drift(start):
                 sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
-            records = sim.records_for_days(start, end)
-            if sim.faults.corrupt_every:
-                records = [{**r, "order_date": "31/12/2025 9:00"} if i % sim.faults.corrupt_every == 0 else r
-                           for i, r in enumerate(records)]
+            records = sim.served_records_for_days(start, end)
             offset = (page - 1) * limit
             return _envelope(records[offset : offset + limit], page=page, limit=limit, total=len(records))
 
@@ -325,10 +359,21 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 raise _ApiError(400, f"at most {_MAX_PO_NUMBERS} po_numbers per request, got {len(po_numbers)}")
             return _envelope([r for po in dict.fromkeys(po_numbers) for r in sim.records_for_po(po)])
 
-        def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None, truncate: bool = False) -> None:
-            data = json.dumps(payload).encode()
+        def _send_error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+            echo = sim.faults.echo_request_headers
+            if echo == "text":
+                request_headers = "".join(f"{name}: {value}\n" for name, value in self.headers.items())
+                return self._send(status, f"{message}\n{request_headers}", headers, content_type="text/plain")
+            if echo == "json":
+                return self._send(status, {"error": {"message": message, "request_headers": dict(self.headers.items())}},
+                                  headers)
+            self._send(status, {"error": message}, headers)
+
+        def _send(self, status: int, payload: dict | str, headers: dict[str, str] | None = None, truncate: bool = False,
+                  content_type: str = "application/json") -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
