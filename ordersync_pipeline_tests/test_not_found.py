@@ -60,10 +60,12 @@ def test_other_404s_fail_at_once_naming_the_base_url(answer_for, call):
 
 def test_the_simulator_answers_an_unknown_po_either_way():
     with OrderSyncSimulator(not_found_style="404") as sim:
-        answer = httpx.get(f"{sim.base_url}/api/v1/orders/by-po/NOPE", headers={"X-API-Key": SIMULATOR_API_KEY})
+        answer = httpx.get(f"{sim.base_url}/api/v1/orders/by-po/NOPE", headers={"X-API-Key": SIMULATOR_API_KEY},
+                           timeout=60)
         assert answer.status_code == 404 and "error" in answer.json()
     with OrderSyncSimulator() as sim:
-        answer = httpx.get(f"{sim.base_url}/api/v1/orders/by-po/NOPE", headers={"X-API-Key": SIMULATOR_API_KEY})
+        answer = httpx.get(f"{sim.base_url}/api/v1/orders/by-po/NOPE", headers={"X-API-Key": SIMULATOR_API_KEY},
+                           timeout=60)
         assert answer.status_code == 200 and answer.json()["data"] == []
     with pytest.raises(ValueError, match="not_found_style must be one of empty, 404"):
         OrderSyncSimulator(not_found_style="410")

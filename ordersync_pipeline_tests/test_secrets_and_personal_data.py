@@ -16,6 +16,7 @@ from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline.snapshots import default_working_path
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
 
 SECRET = "pk_live_S3CRET_k3y_that_must_never_leak"
@@ -72,8 +73,9 @@ def test_the_key_leaks_nowhere_after_a_real_run_and_a_failed_one(tmp_path, echo)
         assert all(secret not in output for output in outputs)
         assert files_containing(home, secret) == []
         assert files_containing(tmp_path, secret) == []  # the DuckDB file and any WAL beside it
-        assert secret.encode() not in Path(database).read_bytes()
-        assert duckdb_values_containing(database, secret) == []
+        for path in (database, default_working_path(database)):  # the analysts' file and the working file
+            assert secret.encode() not in Path(path).read_bytes()
+            assert duckdb_values_containing(path, secret) == []
     assert any(home.rglob("*.db")), "expected Dagster's event storage under DAGSTER_HOME"
     instance_runs = dg.DagsterInstance.from_config(str(home)).get_runs()
     assert len(instance_runs) == 2
@@ -87,7 +89,9 @@ def personal_values_found(folder: Path, database: str, output: str, values: set[
     forms = {form: value for value in values for form in (value, json.dumps(value)[1:-1])}
     blobs = [path.read_bytes() for path in folder.rglob("*") if path.is_file()] + [output.encode()]
     in_files = {value for form, value in forms.items() if any(form.encode() in blob for blob in blobs)}
-    return in_files | {forms[form] for form in duckdb_columns_containing(database, list(forms))}
+    in_tables = {forms[form] for path in (database, default_working_path(database))  # analysts' and working file
+                 for form in duckdb_columns_containing(path, list(forms))}
+    return in_files | in_tables
 
 
 @pytest.mark.slow
@@ -110,7 +114,7 @@ def test_in_hash_and_drop_modes_no_personal_value_is_written_anywhere(tmp_path, 
     rejected_phones = [r["customer_phone"] for i, r in enumerate(sent) if "customer_phone" in r and i % 7 == 0]
     assert rejected_phones, "the test needs a rejected record with an unlisted field"
     personal = {r[field] for r in sent for field in ("customer", "customer_email", "customer_phone") if field in r}
-    with duckdb.connect(database, read_only=True) as conn:
+    with duckdb.connect(database, read_only=True) as conn:  # the published file holds the rejects too
         assert conn.execute("SELECT count(*) FROM order_status_rejects").fetchall()[0][0] == len(sent[::7])
     found = personal_values_found(tmp_path, database, completed.stdout + completed.stderr, personal)
     assert found == (personal if mode == "raw" else set()), sorted(found)[:5]
