@@ -1,6 +1,7 @@
 """Dagster resources: the OrderSync API client and the DuckDB warehouse, configured from the environment."""
 
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,9 @@ def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and "lock" in str(exc).lower()
 
 
+# Every ORDERSYNC_* setting is read through one of these, one per kind of value, so a bad value fails as
+# the definitions load (before any run opens the DuckDB file) with one line naming the variable.
+
 def number_from_env(name: str, default: str, kind: type = int, minimum: float = 1):
     """An int/float setting from the environment, or an error naming the variable and what it expects."""
     value = os.environ.get(name, default)
@@ -103,11 +107,45 @@ def number_from_env(name: str, default: str, kind: type = int, minimum: float = 
     return number
 
 
+def choice_from_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def date_from_env(name: str, default: str) -> str:
+    value = os.environ.get(name, default)
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a date in YYYY-MM-DD form, got {value!r}") from None
+    return value
+
+
+def duckdb_memory_from_env(name: str, default: str) -> str:
+    """A DuckDB memory size, checked by DuckDB itself on a throwaway in-memory connection."""
+    value = os.environ.get(name, default)
+    try:
+        duckdb.connect(":memory:", config={"memory_limit": value}).close()
+    except duckdb.Error as exc:
+        raise ValueError(f"{name} must be a memory size such as 256MB or 2GB, got {value!r} ({exc})") from None
+    return value
+
+
+def lookback_days_from_env() -> int:
+    return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """The production wiring: the key via EnvVar (never read into code), the rest with defaults."""
-    pii_mode = os.environ.get("ORDERSYNC_PII_MODE", "raw")
-    if pii_mode not in PII_MODES:
-        raise ValueError(f"ORDERSYNC_PII_MODE must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
+
+    Every setting is checked here, when the definitions load. ORDERSYNC_START_DATE is read (with
+    date_from_env) by partitions.py, earlier still; ORDERSYNC_LOOKBACK_DAYS is read by each refresh run's
+    config, and checked here too so that a bad value cannot fail a daily run after its day was stored.
+    """
+    lookback_days_from_env()
+    pii_mode = choice_from_env("ORDERSYNC_PII_MODE", "raw", PII_MODES)
     return {
         "ordersync": OrderSyncResource(
             api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
@@ -123,6 +161,6 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
             # backfill's memory would grow with the table; past this limit it evicts or spills to disk.
-            connection_config={"memory_limit": os.environ.get("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB")},
+            connection_config={"memory_limit": duckdb_memory_from_env("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB")},
         ),
     }

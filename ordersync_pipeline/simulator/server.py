@@ -43,6 +43,7 @@ class Faults:
     paging_drift_events_per_day: int = 2  # late arrivals stop after this many per day, as they do for past days
     retry_after_seconds: float = 0.05
     corrupt_every: int = 0  # every n-th line of a by-date day is served with an unparseable order_date
+    total_offset: int = 0  # added to by-date's meta.total on every page: an API whose count is always wrong
     seed: int = 1
 
     @classmethod
@@ -93,6 +94,9 @@ class OrderSyncSimulator:
         self.faults = faults or Faults()
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
         self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival (faults included)
+        self.peak_in_flight = 0  # most requests being answered at once
+        self._in_flight = 0
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -203,6 +207,13 @@ class OrderSyncSimulator:
     def count(self, endpoint: str) -> None:
         with self._lock:
             self.requests[endpoint] += 1
+            self.arrivals.append(time.monotonic())
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+
+    def answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
 
 def _envelope(records: list[dict], *, page: int = 1, limit: int | None = None, total: int | None = None) -> dict:
@@ -255,8 +266,13 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
         def _handle(self, method: str) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
             url = urllib.parse.urlsplit(self.path)
-            endpoint = self._endpoint_name(method, url.path)
-            sim.count(endpoint)
+            sim.count(self._endpoint_name(method, url.path))
+            try:
+                self._answer(method, url, body)
+            finally:
+                sim.answered()
+
+        def _answer(self, method: str, url: urllib.parse.SplitResult, body: bytes) -> None:
             if sim.faults.latency_seconds:
                 time.sleep(sim.faults.latency_seconds)
             fault = sim.draw_fault()
@@ -312,7 +328,8 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 records = [{**r, "order_date": "31/12/2025 9:00"} if i % sim.faults.corrupt_every == 0 else r
                            for i, r in enumerate(records)]
             offset = (page - 1) * limit
-            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=len(records))
+            total = len(records) + sim.faults.total_offset
+            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=total)
 
         def _by_po_numbers(self, body: bytes) -> dict:
             try:
