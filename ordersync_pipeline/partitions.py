@@ -2,23 +2,15 @@
 
 
 import datetime as dt
-import os
 
 import dagster as dg
 
+from ordersync_pipeline.resources import date_from_env
+
 DEFAULT_START_DATE = "2025-01-01"
 
-
-def start_date_from_env() -> str:
-    value = os.environ.get("ORDERSYNC_START_DATE", DEFAULT_START_DATE)
-    try:
-        dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"ORDERSYNC_START_DATE must be a date in YYYY-MM-DD form, got {value!r}") from None
-    return value
-
-
-daily_partitions = dg.DailyPartitionsDefinition(start_date=start_date_from_env(), timezone="UTC")
+daily_partitions = dg.DailyPartitionsDefinition(start_date=date_from_env("ORDERSYNC_START_DATE", DEFAULT_START_DATE),
+                                                timezone="UTC")
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -1,6 +1,7 @@
 """Dagster resources: the OrderSync API client and the DuckDB warehouse, configured from the environment."""
 
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +139,9 @@ def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and "lock" in str(exc).lower()
 
 
+# Every ORDERSYNC_* setting is read through one of these, one per kind of value, so a bad value fails as
+# the definitions load (before any run opens the DuckDB file) with one line naming the variable.
+
 def number_from_env(name: str, default: str, kind: type = int, minimum: float = 1):
     """An int/float setting from the environment, or an error naming the variable and what it expects."""
     value = os.environ.get(name, default)
@@ -150,22 +154,45 @@ def number_from_env(name: str, default: str, kind: type = int, minimum: float = 
     return number
 
 
-def storage_version_from_env() -> str:
-    """ORDERSYNC_DUCKDB_STORAGE_VERSION, checked by DuckDB itself (it knows which versions it can write)."""
-    value = os.environ.get("ORDERSYNC_DUCKDB_STORAGE_VERSION") or DEFAULT_STORAGE_VERSION
-    try:
-        duckdb.connect(":memory:", config=storage_config(value)).close()
-    except duckdb.Error as exc:
-        raise ValueError(f"ORDERSYNC_DUCKDB_STORAGE_VERSION must be a DuckDB storage version such as "
-                         f"{DEFAULT_STORAGE_VERSION}, got {value!r} ({str(exc).splitlines()[0][:150]})") from None
+def choice_from_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
+def date_from_env(name: str, default: str) -> str:
+    value = os.environ.get(name, default)
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a date in YYYY-MM-DD form, got {value!r}") from None
+    return value
+
+
+def duckdb_setting_from_env(name: str, default: str, setting: str, expected: str) -> str:
+    """A value for DuckDB setting `setting`, checked by DuckDB itself on a throwaway in-memory connection."""
+    value = os.environ.get(name) or default
+    try:
+        duckdb.connect(":memory:", config={setting: value}).close()
+    except duckdb.Error as exc:
+        raise ValueError(f"{name} must be {expected}, got {value!r} ({str(exc).splitlines()[0][:150]})") from None
+    return value
+
+
+def lookback_days_from_env() -> int:
+    return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
+
+
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """The production wiring: the key via EnvVar (never read into code), the rest with defaults."""
-    pii_mode = os.environ.get("ORDERSYNC_PII_MODE", "raw")
-    if pii_mode not in PII_MODES:
-        raise ValueError(f"ORDERSYNC_PII_MODE must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
+
+    Every setting is checked here, when the definitions load. ORDERSYNC_START_DATE is read (with
+    date_from_env) by partitions.py, earlier still; ORDERSYNC_LOOKBACK_DAYS is read by each refresh run's
+    config, and checked here too so that a bad value cannot fail a daily run after its day was stored.
+    """
+    lookback_days_from_env()
+    pii_mode = choice_from_env("ORDERSYNC_PII_MODE", "raw", PII_MODES)
     analyst_database = os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH
     return {
         "ordersync": OrderSyncResource(
@@ -179,11 +206,14 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "warehouse": OrderSyncWarehouse(
             database=os.environ.get(WORKING_PATH_SETTING) or default_working_path(analyst_database),
             analyst_database=analyst_database,
-            storage_version=storage_version_from_env(),
+            storage_version=duckdb_setting_from_env(
+                "ORDERSYNC_DUCKDB_STORAGE_VERSION", DEFAULT_STORAGE_VERSION, "storage_compatibility_version",
+                f"a DuckDB version such as {DEFAULT_STORAGE_VERSION}: the oldest DuckDB that must read the files"),
             pii_mode=pii_mode,
             days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
             # backfill's memory would grow with the table; past this limit it evicts or spills to disk.
-            connection_config={"memory_limit": os.environ.get("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB")},
+            connection_config={"memory_limit": duckdb_setting_from_env(
+                "ORDERSYNC_DUCKDB_MEMORY_LIMIT", "256MB", "memory_limit", "a memory size such as 256MB or 2GB")},
         ),
     }

@@ -158,7 +158,7 @@ def test_the_working_file_defaults_to_a_hidden_folder_beside_the_published_file(
     monkeypatch.setenv("ORDERSYNC_WORKING_DUCKDB_PATH", str(tmp_path / "private.duckdb"))
     assert resources_from_env()["warehouse"].database == str(tmp_path / "private.duckdb")
     monkeypatch.setenv("ORDERSYNC_DUCKDB_STORAGE_VERSION", "v0.0.0-nope")
-    with pytest.raises(ValueError, match="ORDERSYNC_DUCKDB_STORAGE_VERSION must be a DuckDB storage version"):
+    with pytest.raises(ValueError, match="ORDERSYNC_DUCKDB_STORAGE_VERSION must be a DuckDB version such as v1.4.0"):
         resources_from_env()
 
 

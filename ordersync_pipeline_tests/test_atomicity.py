@@ -14,6 +14,7 @@ import pytest
 
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.warehouse import WarehouseLockedError
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 from ordersync_pipeline_tests.writer_to_kill import VERSIONS
@@ -75,3 +76,45 @@ def test_a_run_blocked_by_an_analyst_fails_clearly_after_a_bounded_wait_and_lose
 
     assert dg.materialize([order_statuses], resources=resources, partition_key="2025-12-03").success  # retry works
     assert_table_equals_truth(database, simulator.records_for_day(dt.date(2025, 12, 3)))
+
+
+def hold_file(database: str, seconds: float) -> subprocess.Popen:
+    """Another process that opens the DuckDB file (as an analyst's session does) and closes it after `seconds`."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+         "print('open', flush=True); time.sleep(float(sys.argv[2])); c.close(); print('closed', flush=True); "
+         "time.sleep(60)", database, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def test_a_held_file_is_waited_for_as_long_as_configured_then_fails(database):
+    duckdb.connect(database).close()  # the file exists, as it does once the pipeline has run
+    holder = hold_file(database, 60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WarehouseLockedError, match=f"PID {holder.pid}"):
+            with OrderSyncWarehouse(database=database, lock_timeout_seconds=2).connect():
+                pass
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert 1.9 <= waited < 15, f"failed after {waited:.1f} s, configured to wait 2 s"
+
+
+def test_a_file_released_during_the_wait_is_then_written(database):
+    duckdb.connect(database).close()
+    holder = hold_file(database, 1.5)
+    try:
+        started = time.monotonic()
+        with OrderSyncWarehouse(database=database, lock_timeout_seconds=30).connect() as conn:
+            waited = time.monotonic() - started
+            conn.execute("CREATE TABLE written_after_the_wait AS SELECT 1 AS x")
+        assert holder.stdout.readline().strip() == "closed"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert 1.0 <= waited < 15, f"connected after {waited:.1f} s; the holder closed the file after 1.5 s"
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT x FROM written_after_the_wait").fetchall() == [(1,)]

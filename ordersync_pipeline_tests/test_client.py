@@ -10,6 +10,8 @@ from ordersync_pipeline.client import (
     OrderSyncAuthError,
     OrderSyncClient,
     OrderSyncConfigError,
+    OrderSyncError,
+    OrderSyncPagingError,
     OrderSyncRequestError,
     OrderSyncUnavailableError,
 )
@@ -95,6 +97,46 @@ def test_an_api_whose_total_is_always_wrong_is_flagged_not_looped_on():
     with make_client(handler) as client:
         fetch = client.fetch_order_statuses_for_day(DAY)
     assert len(fetch.records) == 5 and fetch.api_total == 6 and not fetch.consistent and fetch.passes == 2
+
+
+def test_drift_that_never_settles_gives_up_after_the_maximum_passes_with_a_clear_error():
+    """New lines keep arriving for the day while it is read: every pass sees a different day."""
+    arrived: list[dict] = []
+    passes = []
+
+    def handler(request):
+        page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
+        if page == 1:
+            passes.append(page)
+        else:  # a late order sorts first and shifts every page after it
+            arrived.insert(0, record(900 + len(arrived), order_date="2025-12-05T00:00:00+00:00"))
+        current = arrived + [record(n) for n in range(150)]
+        return httpx.Response(200, json=envelope(current[(page - 1) * limit : page * limit], len(current), page, limit))
+
+    with make_client(handler, max_paging_passes=4) as client:
+        with pytest.raises(OrderSyncPagingError) as error:
+            client.fetch_order_statuses_for_day(DAY)
+    assert len(passes) == 4
+    message = str(error.value)
+    assert "2025-12-05" in message and "after 4 passes" in message and "Nothing was stored" in message
+
+
+@pytest.mark.parametrize("answer", [httpx.Response(403, json={"error": "key not allowed to read orders"}),
+                                    httpx.Response(404, json={"error": "Not found"})])
+def test_403_and_404_from_by_date_fail_at_once_without_retrying(answer):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return answer
+
+    with make_client(handler) as client:
+        with pytest.raises(OrderSyncError) as error:
+            client.fetch_order_statuses_for_day(DAY)
+    assert len(calls) == 1 and client.counter.requests == 1 and client.counter.retries == 0
+    assert not isinstance(error.value, OrderSyncUnavailableError)
+    assert f"HTTP {answer.status_code}" in str(error.value) and KEY not in str(error.value)
+    assert calls[0].url.path == "/api/v1/orders/by-date"
 
 
 @pytest.mark.parametrize("value", ["PO/12#3", "50% off?", "Büro 7", "a b&c=d", "../etc"])

@@ -13,7 +13,7 @@ from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags
-from ordersync_pipeline_tests.truth import assert_table_equals_truth
+from ordersync_pipeline_tests.truth import assert_table_equals_truth, stored_rows
 
 FIRST, LAST = dt.date(2025, 12, 1), dt.date(2025, 12, 5)
 
@@ -80,6 +80,51 @@ def test_a_backfill_under_a_heavy_fault_mix_equals_the_truth(database, tmp_path)
                       f"retries, {metadata['paging_duplicates'].value} lines returned twice while paging, "
                       f"{metadata['rows_written'].value} lines stored of {len(sim.records_for_days(FIRST, LAST))}")
     print(f"backfill of 5 days: clean {timings['clean']:.2f} s, heavy faults {timings['heavy']:.2f} s")
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The failed step's error with its causes: Dagster wraps the asset's own exception."""
+    error = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error
+    message = ""
+    while error is not None:
+        message += error.message
+        error = error.cause
+    return message
+
+
+def test_drift_that_never_settles_fails_the_run_and_keeps_the_day_as_it_was(database):
+    with hostile_simulator(Faults()) as sim:
+        resources = patient_resources(sim, database)
+        assert dg.materialize([order_statuses], resources=resources, partition_key=str(FIRST)).success
+        before = stored_rows(database)
+        with duckdb.connect(database, read_only=True) as conn:
+            loads_before = conn.execute("SELECT * FROM order_status_loads").fetchall()
+        sim.faults.paging_drift, sim.faults.paging_drift_events_per_day = 1.0, 1_000  # orders never stop arriving
+        result = dg.materialize([order_statuses], resources=resources, partition_key=str(FIRST), raise_on_error=False)
+        assert sim.drift_events[FIRST] > 6  # every pass of the re-run saw the day move
+    assert not result.success
+    message = failure_message(result)
+    assert "OrderSyncPagingError" in message and "after 6 passes" in message and "Nothing was stored" in message
+    assert stored_rows(database) == before
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT * FROM order_status_loads").fetchall() == loads_before
+
+
+def test_an_api_total_that_is_always_wrong_fails_the_row_count_check(database):
+    with hostile_simulator(Faults(total_offset=3)) as sim:
+        result = dg.materialize([order_statuses, *order_status_checks], resources=patient_resources(sim, database),
+                                tags=range_tags(str(FIRST), str(FIRST + dt.timedelta(days=1))), raise_on_error=False)
+        assert_table_equals_truth(database, sim.records_for_days(FIRST, FIRST + dt.timedelta(days=1)))
+    # The lines are stored (they are all the API returns) and flagged; the check is blocking, so the run fails
+    # there and nothing downstream (marts, the analysts' file) would run.
+    assert not result.success
+    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed_steps == ["order_statuses_row_count_matches_api_total"]
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_count_matches_api_total")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "2 of 2 loaded days differ" in check.description
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT DISTINCT api_total_consistent FROM order_status_loads").fetchall() == [(False,)]
 
 
 def test_the_rate_budget_spaces_requests():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from ordersync_pipeline.cli import main
@@ -62,13 +63,74 @@ def test_the_demo_loads_days_builds_marts_and_prints_a_summary(demo_database):
     assert days >= 6 and all(count > 0 for count in marts)
 
 
+def open_lines_older_than_a_week(lines: pl.DataFrame) -> pl.DataFrame:
+    """The README's open rule in polars: not delivered or cancelled (any case, spaces ignored), age > 7 days
+    as of the last loaded day."""
+    as_of = lines["order_day"].max()
+    status = pl.col("status").fill_null("").str.strip_chars().str.to_lowercase()
+    return (lines.filter(~status.is_in(["delivered", "cancelled"]))
+            .with_columns(age_days=(pl.lit(as_of) - pl.col("order_day")).dt.total_days())
+            .filter(pl.col("age_days") > 7))
+
+
+def check_late_orders_by_supplier(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+    late = open_lines_older_than_a_week(lines).group_by("supplier").agg(pl.len(), pl.col("order_date").min())
+    assert {supplier: (n, oldest) for supplier, n, oldest in rows} == {
+        supplier: (n, oldest) for supplier, n, oldest in late.iter_rows()}
+    assert [n for _, n, _ in rows] == sorted((n for _, n, _ in rows), reverse=True)
+
+
+def check_p90_lead_time_by_carrier(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+    delivered = lines.filter(
+        (pl.col("status").str.strip_chars().str.to_lowercase() == "delivered")
+        & (pl.col("delivery_date") >= pl.col("order_date"))
+    ).with_columns(lead=(pl.col("delivery_date") - pl.col("order_date")).dt.total_microseconds() / 86_400e6)
+    expected = delivered.group_by("carrier").agg(pl.len(), pl.col("lead").quantile(0.9, "linear"))
+    expected = {carrier: (n, p90) for carrier, n, p90 in expected.iter_rows()}
+    assert {carrier: n for carrier, n, _ in rows} == {carrier: n for carrier, (n, _) in expected.items()}
+    assert all(abs(p90 - expected[carrier][1]) <= 0.005 + 1e-9 for carrier, _, p90 in rows)
+    assert [p90 for _, _, p90 in rows] == sorted(p90 for _, _, p90 in rows)
+
+
+def check_oldest_open_orders(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+    expected = open_lines_older_than_a_week(lines).sort("order_date").select(
+        "order_id", "po_number", "supplier", "status", "order_date", "age_days")
+    assert len(rows) == min(50, expected.height)
+    # Lines of one order share order_date, so which of them make the 50th place is arbitrary: compare the dates.
+    assert [row[4] for row in rows] == expected["order_date"].head(50).to_list()
+    assert set(rows) <= set(expected.iter_rows())
+
+
+def check_backordered_durations(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+    expected = history.filter(pl.col("status") == "backordered").select(
+        "order_status_id", (pl.col("last_seen_at") - pl.col("first_seen_at")).alias("duration"))
+    longest = sorted(expected["duration"].to_list(), reverse=True)[:20]
+    assert [duration for _, duration in rows] == longest
+    assert set(rows) <= set(expected.iter_rows())
+
+
+# Each README query (known by a phrase in it), checked against the same figure computed here in polars from
+# the raw tables, independently of the marts and of the query itself.
+INDEPENDENT_CHECKS = {
+    "AS late_lines": check_late_orders_by_supplier,
+    "AS p90_days": check_p90_lead_time_by_carrier,
+    "LIMIT 50": check_oldest_open_orders,
+    "AS observed_backordered_for": check_backordered_durations,
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("query", analyst_queries())
 def test_readme_analyst_queries_run_on_the_demo_database(demo_database, query):
     database, _ = demo_database
     with duckdb.connect(str(database), read_only=True) as conn:
         rows = conn.sql(query).fetchall()
+        lines = conn.sql("SELECT * FROM order_statuses").pl()
+        history = conn.sql("SELECT * FROM order_status_history").pl()
     assert rows, f"README query returned nothing on the demo database:\n{query}"
+    checks = [check for phrase, check in INDEPENDENT_CHECKS.items() if phrase in query]
+    assert len(checks) == 1, f"no independent check (or several) for this README query:\n{query}"
+    checks[0](rows, lines, history)
 
 
 def test_there_are_readme_queries_for_each_analyst_question():

@@ -4,9 +4,11 @@ import datetime as dt
 import os
 import shutil
 
+import dagster as dg
 import duckdb
 import pytest
 
+from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
@@ -30,6 +32,28 @@ def max_overlap(runs: list[dict]) -> int:
     return peak
 
 
+def duckdb_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float, str, str]]:
+    """(start, end, run, step) of every step of the runs; each of their steps opens the DuckDB file."""
+    intervals = []
+    for run_id in run_ids:
+        started = {}
+        for event in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                         dg.DagsterEventType.STEP_FAILURE}):
+            if event.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+                started[event.step_key] = event.timestamp
+            else:
+                intervals.append((started.pop(event.step_key), event.timestamp, run_id, event.step_key))
+    return sorted(intervals)
+
+
+def pool_blocked_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
+    """Steps Dagster held back because the pool was full (its engine event, as the UI shows it)."""
+    return [f"{run_id}:{event.step_key}" for run_id in run_ids
+            for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+            if event.user_message == f"Step blocked by limit for pool {DUCKDB_WRITERS_POOL}"]
+
+
+@pytest.mark.timeout(1200)  # ~4 min on a quiet 2-core machine; far longer while it is loaded
 def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -59,5 +83,19 @@ def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_pat
         daemon_log = (home / "daemon.log").read_text()
         assert "Could not set lock" not in daemon_log
         assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 12, 7)))
+
+        # Success alone would not show the pool at work (a run's lock wait could absorb the contention):
+        # Dagster must have held steps back for the pool, and no two runs' DuckDB steps should overlap in time.
+        instance = dg.DagsterInstance.from_config(str(home))
+        run_ids = [r["runId"] for r in runs]
+        assert pool_blocked_steps(instance, run_ids), "no step was ever held back by the pool"
+        steps = duckdb_step_intervals(instance, run_ids)
+        assert len(steps) >= 30 * 4  # the four assets of each run, at least
+        overlapping = [(a, b) for a, b in zip(steps, steps[1:]) if b[0] < a[1]]
         with duckdb.connect(database, read_only=True) as conn:
             assert conn.execute("SELECT count(*) FROM order_status_refreshes").fetchall()[0][0] == 30
+    if overlapping:
+        # Seen in 2 of 262 steps (November 2026): Dagster 1.13's SQL storage claims a slot with SELECT ... FOR
+        # UPDATE SKIP LOCKED and an UPDATE by id alone, and SQLite ignores the row lock, so two processes can
+        # claim the same free slot. The lock wait then absorbs the overlap (every assertion above still holds).
+        pytest.xfail(f"the pool let DuckDB steps of different runs overlap (SQLite storage race): {overlapping[:2]}")

@@ -14,7 +14,7 @@ from pydantic import Field
 from ordersync_pipeline.assets.metadata import table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.partitions import daily_partitions, partition_days
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, number_from_env
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, lookback_days_from_env
 from ordersync_pipeline.sync import refresh_open_lines_before, store_days
 from ordersync_pipeline.warehouse import apply_comments
 
@@ -42,13 +42,9 @@ REFRESH_LOG_COMMENTS = {
 }
 
 
-def default_lookback_days() -> int:
-    return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
-
-
 class RefreshConfig(dg.Config):
     lookback_days: int = Field(
-        default_factory=default_lookback_days,
+        default_factory=lookback_days_from_env,
         description="Days before the partition day re-read through by-date (default ORDERSYNC_LOOKBACK_DAYS or 14).",
         ge=0,
     )

@@ -44,6 +44,9 @@ FIRST_NAMES = ["Tom", "Ana", "Raj", "Mei", "Luis", "Zoë", "Sam", "Priya", "Olu"
 LAST_NAMES = ["Thomas", "García", "Patel", "Chen", "O'Brien", "Müller", "Smith", "Okafor", "Nguyen", "Kim"]
 # Statuses the simulator produces. "on_hold" is deliberately outside the documented vocabulary.
 STATUSES = ("processing", "backordered", "on_hold", "shipped", "in_transit", "delivered", "cancelled")
+# How a sloppy feed spells statuses on the lines SimulatedRetailer(messy_every=n) makes messy.
+MESSY_SPELLINGS = {"processing": "PROCESSING", "shipped": "Shipped ", "in_transit": " In_Transit",
+                   "delivered": " Delivered ", "cancelled": "CANCELLED"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class SimulatedLine:
     tracking_number: str
     customer_zone: str
     timeline: tuple[tuple[dt.datetime, str], ...]  # (from when, status), ascending, first at order_date
+    # "spelling": statuses sent in MESSY_SPELLINGS; "delivered_before_ordered": that too, and the carrier
+    # reports a delivery_date a day before order_date.
+    quirk: str | None = None
 
     def status_at(self, now: dt.datetime) -> str | None:
         current = None
@@ -84,8 +90,12 @@ class SimulatedLine:
         delivery_date = None
         if delivered_at is not None:
             # Real carriers report the local time at the customer's address, to the minute.
+            if self.quirk == "delivered_before_ordered":
+                delivered_at = self.order_date - dt.timedelta(days=1)
             local = delivered_at.astimezone(ZoneInfo(self.customer_zone)).replace(second=0, microsecond=0)
             delivery_date = local.isoformat()
+        if self.quirk is not None:
+            status = MESSY_SPELLINGS.get(status, status)
         return {
             "order_id": self.order_id,
             "order_status_id": self.order_status_id,
@@ -152,9 +162,12 @@ def _timeline(rng: random.Random, order_date: dt.datetime, ship_days: float, tra
 class SimulatedRetailer:
     """All order lines of one retailer, generated per day on demand and cached."""
 
-    def __init__(self, seed: int = 7, orders_per_day: int = 200):
+    def __init__(self, seed: int = 7, orders_per_day: int = 200, messy_every: int = 0):
         self.seed = seed
         self.orders_per_day = orders_per_day
+        # 1 line in messy_every gets a quirk (see SimulatedLine.quirk); 0 = a tidy feed. Chosen by the line's
+        # id, not the seeded draws, so the rest of the data is the same either way.
+        self.messy_every = messy_every
         self._days: dict[dt.date, list[SimulatedLine]] = {}
         self._late: dict[dt.date, list[SimulatedLine]] = {}  # lines injected later (paging drift)
         self._lock = threading.Lock()
@@ -226,8 +239,9 @@ class SimulatedRetailer:
         carrier = rng.choice(list(CARRIERS))
         customer = customer or f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         order_id = order_id or _hex_id(self.seed, day, n, "order", length=12)
+        order_status_id = _hex_id(self.seed, day, n, "line", length=16)
         return SimulatedLine(
-            order_status_id=_hex_id(self.seed, day, n, "line", length=16),
+            order_status_id=order_status_id,
             order_id=order_id,
             # The supplier numbers its own order: lines of one order from one supplier share it.
             supplier_order_id=f"{prefix}{_hex_id(order_id, supplier, length=6).upper()}",
@@ -241,4 +255,10 @@ class SimulatedRetailer:
             tracking_number=str(rng.randrange(10**11, 10**12)),
             customer_zone=zone or rng.choice(CUSTOMER_ZONES),
             timeline=_timeline(rng, order_date, ship_days, CARRIERS[carrier][1]),
+            quirk=self._quirk(order_status_id),
         )
+
+    def _quirk(self, order_status_id: str) -> str | None:
+        if not self.messy_every or int(order_status_id, 16) % self.messy_every:
+            return None
+        return "delivered_before_ordered" if int(order_status_id, 16) // self.messy_every % 4 == 0 else "spelling"

@@ -51,6 +51,7 @@ class Faults:
     # "json" or "text": error bodies (400/401/404/429/5xx) quote the request headers, API key included, as a
     # debugging proxy might, in the JSON error envelope or as plain text.
     echo_request_headers: str = ""
+    total_offset: int = 0  # added to by-date's meta.total on every page: an API whose count is always wrong
     seed: int = 1
 
     @classmethod
@@ -108,6 +109,9 @@ class OrderSyncSimulator:
                              f"got {self.faults.echo_request_headers!r}")
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
         self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival (faults included)
+        self.peak_in_flight = 0  # most requests being answered at once
+        self._in_flight = 0
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -233,6 +237,13 @@ class OrderSyncSimulator:
     def count(self, endpoint: str) -> None:
         with self._lock:
             self.requests[endpoint] += 1
+            self.arrivals.append(time.monotonic())
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+
+    def answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
 
 def _phone_number(order_status_id: str) -> str:
@@ -289,8 +300,13 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
         def _handle(self, method: str) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
             url = urllib.parse.urlsplit(self.path)
-            endpoint = self._endpoint_name(method, url.path)
-            sim.count(endpoint)
+            sim.count(self._endpoint_name(method, url.path))
+            try:
+                self._answer(method, url, body)
+            finally:
+                sim.answered()
+
+        def _answer(self, method: str, url: urllib.parse.SplitResult, body: bytes) -> None:
             if sim.faults.latency_seconds:
                 time.sleep(sim.faults.latency_seconds)
             fault = sim.draw_fault()
@@ -346,7 +362,8 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
             records = sim.served_records_for_days(start, end)
             offset = (page - 1) * limit
-            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=len(records))
+            total = len(records) + sim.faults.total_offset
+            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=total)
 
         def _by_po_numbers(self, body: bytes) -> dict:
             try:

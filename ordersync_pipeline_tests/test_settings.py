@@ -1,0 +1,152 @@
+"""Every ORDERSYNC_* setting the README documents takes effect, and a bad value stops everything at load."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+import pytest
+
+from ordersync_pipeline import sync
+from ordersync_pipeline.assets.order_statuses import order_statuses
+from ordersync_pipeline.definitions import build_definitions
+from ordersync_pipeline.resources import resources_from_env
+from ordersync_pipeline.simulator.retailer import SimulatedRetailer
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
+
+FIRST, LAST = dt.date(2025, 12, 1), dt.date(2025, 12, 3)
+
+
+@pytest.fixture
+def slow_api():
+    """Days of about 4 pages, each request answered after 50 ms, so concurrent requests overlap."""
+    with OrderSyncSimulator(SimulatedRetailer(seed=5, orders_per_day=150), clock=SimulatedClock(SIM_NOW),
+                            first_day=SIM_FIRST_DAY, faults=Faults(latency_seconds=0.05)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def env_for(monkeypatch, database):
+    """Point the environment at a simulator and the test's database, plus the given settings."""
+    def setter(sim: OrderSyncSimulator, **settings: str) -> None:
+        for name, value in {"ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
+                            **duckdb_env(database), **settings}.items():
+            monkeypatch.setenv(name, value)
+    return setter
+
+
+@pytest.mark.parametrize("pages, days, expected_in_flight", [("1", "1", 1), ("3", "1", 3), ("1", "3", 3)])
+def test_concurrent_pages_and_days_in_flight_set_how_many_requests_are_in_flight(
+        slow_api, env_for, pages, days, expected_in_flight):
+    env_for(slow_api, ORDERSYNC_MAX_CONCURRENT_PAGES=pages, ORDERSYNC_DAYS_IN_FLIGHT=days)
+    assert dg.materialize([order_statuses], resources=resources_from_env(), tags=range_tags(str(FIRST), str(LAST))).success
+    assert slow_api.peak_in_flight == expected_in_flight
+
+
+def test_the_request_rate_caps_all_threads_of_a_run_together(slow_api, env_for):
+    rate = 25
+    env_for(slow_api, ORDERSYNC_REQUESTS_PER_SECOND=str(rate), ORDERSYNC_MAX_CONCURRENT_PAGES="4",
+            ORDERSYNC_DAYS_IN_FLIGHT="3")
+    assert dg.materialize([order_statuses], resources=resources_from_env(), tags=range_tags(str(FIRST), str(LAST))).success
+    arrivals = sorted(slow_api.arrivals)
+    assert len(arrivals) >= 12 and slow_api.peak_in_flight >= 2  # several threads were fetching at once
+    # Any 10 consecutive requests span at least 9 intervals of the budget (less a little scheduling jitter);
+    # a budget per thread would let 4-12 threads send them in a fraction of that.
+    window = 10
+    spans = [arrivals[i + window - 1] - arrivals[i] for i in range(len(arrivals) - window + 1)]
+    assert min(spans) >= (window - 1) / rate - 0.05, f"10 requests within {min(spans):.3f} s at {rate}/s"
+
+
+@pytest.mark.parametrize("per_transaction, days_kept", [("2", 2), ("7", 0)])
+def test_days_per_transaction_is_how_many_whole_days_commit_together(
+        simulator, env_for, monkeypatch, database, per_transaction, days_kept):
+    """The API fails on the third day of a range: the days already committed stay, the rest roll back."""
+    fetch_day_load = sync.fetch_day_load
+
+    def failing_on_the_third_day(client, day, **options):
+        if day == FIRST + dt.timedelta(days=2):
+            raise RuntimeError("the API went away")
+        return fetch_day_load(client, day, **options)
+
+    monkeypatch.setattr(sync, "fetch_day_load", failing_on_the_third_day)
+    env_for(simulator, ORDERSYNC_DAYS_PER_TRANSACTION=per_transaction, ORDERSYNC_DAYS_IN_FLIGHT="1")
+    result = dg.materialize([order_statuses], resources=resources_from_env(), raise_on_error=False,
+                            tags=range_tags(str(FIRST), str(FIRST + dt.timedelta(days=3))))
+    assert not result.success
+    with duckdb.connect(database, read_only=True) as conn:
+        stored = [d for (d,) in conn.execute("SELECT DISTINCT order_day FROM order_statuses ORDER BY 1").fetchall()]
+    assert stored == [FIRST + dt.timedelta(days=i) for i in range(days_kept)]
+
+
+def test_lookback_pii_mode_and_memory_limit_take_effect_in_a_daily_run(simulator, env_for, database):
+    env_for(simulator, ORDERSYNC_LOOKBACK_DAYS="3", ORDERSYNC_PII_MODE="hash", ORDERSYNC_DUCKDB_MEMORY_LIMIT="100MB")
+    resources = resources_from_env()
+    defs = build_definitions(resources)
+    assert defs.resolve_job_def("daily_order_sync").execute_in_process(partition_key="2025-12-09").success
+    with duckdb.connect(database, read_only=True) as conn:
+        days = [d for (d,) in conn.execute("SELECT DISTINCT order_day FROM order_statuses ORDER BY 1").fetchall()]
+        refresh = conn.execute("SELECT lookback_days, days_refetched FROM order_status_refreshes").fetchall()
+        customers = conn.execute("SELECT DISTINCT customer FROM order_statuses").fetchall()
+    assert days == [dt.date(2025, 12, 6), dt.date(2025, 12, 7), dt.date(2025, 12, 8), dt.date(2025, 12, 9)]
+    assert refresh == [(3, 3)]
+    names = {r["customer"] for r in simulator.records_for_days(dt.date(2025, 12, 6), dt.date(2025, 12, 9))}
+    assert all(len(name) == 64 and name not in names for (name,) in customers)
+    with resources["warehouse"].connect() as conn:
+        assert conn.execute("SELECT current_setting('memory_limit')").fetchall() == [("95.3 MiB",)]  # 100 MB
+
+
+def run_with_settings(command: list[str], tmp_path, **settings: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_DUCKDB_PATH": str(tmp_path / "o.duckdb"),
+           **settings}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_the_start_date_sets_the_first_partition(tmp_path):
+    completed = run_with_settings(
+        ["-c", "from ordersync_pipeline.definitions import defs; "
+               "print(defs.resolve_job_def('daily_order_sync').partitions_def.get_first_partition_key())"],
+        tmp_path, ORDERSYNC_START_DATE="2025-10-01")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "2025-10-01"
+
+
+BAD_SETTINGS = [
+    ("ORDERSYNC_MAX_CONCURRENT_PAGES", "0"),
+    ("ORDERSYNC_DAYS_IN_FLIGHT", "four"),
+    ("ORDERSYNC_DAYS_PER_TRANSACTION", "0"),
+    ("ORDERSYNC_DUCKDB_MEMORY_LIMIT", "lots"),
+    ("ORDERSYNC_REQUESTS_PER_SECOND", "0"),
+    ("ORDERSYNC_START_DATE", "2025-13-01"),
+    ("ORDERSYNC_LOOKBACK_DAYS", "-1"),
+    ("ORDERSYNC_PII_MODE", "encrypt"),
+    ("ORDERSYNC_DUCKDB_STORAGE_VERSION", "v0.0.0-nope"),
+]
+
+
+def assert_stopped_at_load(completed: subprocess.CompletedProcess, tmp_path, name: str, value: str) -> None:
+    assert completed.returncode != 0
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert name in last_line and repr(value) in last_line, completed.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # no DuckDB file, nor anything else
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, value", BAD_SETTINGS)
+def test_a_bad_setting_stops_the_definitions_from_loading(tmp_path, name, value):
+    completed = run_with_settings(["-c", "import ordersync_pipeline.definitions"], tmp_path, **{name: value})
+    assert_stopped_at_load(completed, tmp_path, name, value)
+
+
+@pytest.mark.slow
+def test_a_bad_lookback_stops_even_a_command_that_does_not_use_it_before_anything_is_written(tmp_path):
+    """The refresh reads the lookback; materializing order_statuses alone used to ignore a bad one."""
+    completed = run_with_settings(
+        ["-m", "dagster", "asset", "materialize", "-m", "ordersync_pipeline.definitions", "--select", "order_statuses",
+         "--partition", "2025-12-03"], tmp_path, ORDERSYNC_BASE_URL="http://127.0.0.1:9", ORDERSYNC_LOOKBACK_DAYS="-1")
+    assert_stopped_at_load(completed, tmp_path, "ORDERSYNC_LOOKBACK_DAYS", "-1")
