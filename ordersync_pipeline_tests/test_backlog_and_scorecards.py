@@ -1,6 +1,6 @@
 """Backlog over time, scorecards and stuck lines against the simulator's truth, day by day as the clock moves.
 
-One scenario (module fixture): a backfill as of 2025-12-10 06:00, then 12 daily runs, each at 06:00 of
+One scenario (module fixture): a backfill as of 2025-12-10 06:00, then 10 daily runs, each at 06:00 of
 the day after its partition. At every run the test notes what the simulator showed (its truth at that
 moment); the expected tables are computed from those notes alone, never from the pipeline's tables.
 """
@@ -21,8 +21,8 @@ from ordersync_pipeline_tests.conftest import SIM_NOW, range_tags
 from ordersync_pipeline_tests.test_readme_and_cli import analyst_queries
 from ordersync_pipeline_tests.truth import expected_row
 
-FIRST_DAY = dt.date(2025, 11, 20)
-DAILY_RUNS = 12
+FIRST_DAY = dt.date(2025, 11, 26)
+DAILY_RUNS = 10
 LOOKBACK = 7
 STUCK_AFTER = 5
 TARGET_DAYS = 7
@@ -45,7 +45,7 @@ def table(database: str, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     database = str(tmp_path_factory.mktemp("backlog") / "ordersync.duckdb")
-    retailer = SimulatedRetailer(seed=23, orders_per_day=40)
+    retailer = SimulatedRetailer(seed=23, orders_per_day=25)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=FIRST_DAY) as sim:
         defs = build_definitions({"ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=sim.base_url),
                                   "warehouse": OrderSyncWarehouse(database=database)})
