@@ -10,7 +10,7 @@ Measured, each the median of --repeat runs:
 - pipeline: `dagster asset materialize --select order_statuses --partition-range` as its own process
   (whole-process wall, Dagster's start-up included; peak RSS of that process);
 - naive baseline: sequential paging and row-by-row `executemany` inserts, over --naive-days days;
-- marts: each mart's SQL over a synthetic table of --mart-lines lines;
+- marts: each mart's SQL over a synthetic table of --mart-lines lines (and two history spells per line);
 - the daily job: one partition with the default 14-day lookback and the open-line refresh.
 """
 
@@ -194,8 +194,8 @@ def daily_job(base_url: str, day: dt.date, database: Path) -> tuple[int, float]:
 
 
 def mart_benchmark(lines: int, repeat: int) -> None:
-    """Each mart's SQL over a synthetic order_statuses of `lines` lines (a temporary DuckDB file)."""
-    from ordersync_pipeline.assets import marts
+    """Each mart's SQL over a synthetic order_statuses of `lines` lines and its history (a temporary DuckDB file)."""
+    from ordersync_pipeline.assets import backlog, marts, scorecards
     from ordersync_pipeline.warehouse import ensure_schema
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -215,17 +215,48 @@ def mart_benchmark(lines: int, repeat: int) -> None:
                   FROM range({lines}) AS t(i))
         """)
         print(f"synthetic order_statuses: {lines:,} lines built in {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
+        # Up to two observed spells per line, first seen at 06:00 the day after its order: processing (1 in 8
+        # backordered), then its current status two days later; open lines are seen daily until the last run.
+        conn.execute("""
+            INSERT INTO order_status_history
+            WITH spells AS (
+                SELECT order_status_id, order_day, status,
+                       CASE WHEN hash(order_status_id) % 8 = 0 THEN 'backordered' ELSE 'processing' END AS first_status,
+                       timezone('UTC', CAST(order_day + 1 AS TIMESTAMP)) + INTERVAL 6 HOUR AS seen,
+                       timezone('UTC', CAST(last_day + 1 AS TIMESTAMP)) + INTERVAL 6 HOUR AS last_run
+                FROM order_statuses, (SELECT max(order_day) AS last_day FROM order_statuses)
+            )
+            SELECT order_status_id, order_day, first_status, seen,
+                   CASE WHEN status = first_status THEN last_run ELSE seen + INTERVAL 1 DAY END, status = first_status
+            FROM spells
+            UNION ALL
+            SELECT order_status_id, order_day, status, seen + INTERVAL 2 DAY,
+                   CASE WHEN status IN ('delivered', 'cancelled') THEN seen + INTERVAL 3 DAY ELSE last_run END, true
+            FROM spells WHERE status <> first_status
+        """)
+        print(f"synthetic order_status_history: {conn.execute('SELECT count(*) FROM order_status_history').fetchall()[0][0]:,} "
+              f"spells built in {time.monotonic() - started:.1f} s")
         as_of = conn.execute("SELECT max(order_day) FROM order_statuses").fetchall()[0][0]
-        statements = [("delivery_lead_times", marts.DELIVERY_LEAD_TIMES_SQL, None),
-                      ("delivery_lead_time_summary", marts.DELIVERY_LEAD_TIME_SUMMARY_SQL, None),
-                      ("open_orders", marts.OPEN_ORDERS_SQL, {"as_of": as_of}),
-                      ("open_order_summary", marts.OPEN_ORDER_SUMMARY_SQL, None)]
+        observed_at = conn.execute("SELECT max(last_seen_at) FROM order_status_history").fetchall()[0][0]
+        backlog_day = backlog.day_observed_on_time(observed_at)
+        statements = [("delivery_lead_times", [(marts.DELIVERY_LEAD_TIMES_SQL, None)]),
+                      ("delivery_lead_time_summary", [(marts.DELIVERY_LEAD_TIME_SUMMARY_SQL, None)]),
+                      ("open_orders", [(marts.OPEN_ORDERS_SQL, {"as_of": as_of})]),
+                      ("open_order_summary", [(marts.OPEN_ORDER_SUMMARY_SQL, None)]),
+                      ("open_order_backlog", [
+                          (backlog.OPEN_ORDER_BACKLOG_TABLE_SQL, None),
+                          ("DELETE FROM open_order_backlog WHERE as_of_day = $as_of", {"as_of": backlog_day}),
+                          (backlog.OPEN_ORDER_BACKLOG_DAY_SQL, {"as_of": backlog_day, "observed_at": observed_at})]),
+                      ("stuck_lines", [(backlog.STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": 5})]),
+                      ("supplier_scorecard", [(scorecards.SUPPLIER_SCORECARD_SQL, {"target_days": 7})]),
+                      ("carrier_scorecard", [(scorecards.CARRIER_SCORECARD_SQL, None)])]
         print(f"{'mart over ' + format(lines, ',') + ' lines':<40} {'median s':>9} {'rows':>12}")
-        for name, sql, params in statements:
+        for name, steps in statements:
             walls = []
             for _ in range(repeat):
                 started = time.monotonic()
-                marts.rebuild(conn, [(sql, params)], {})  # exactly what the asset runs
+                marts.rebuild(conn, steps, {})  # exactly what the asset runs
                 walls.append(time.monotonic() - started)
             count = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
             print(f"{name:<40} {statistics.median(walls):>9.2f} {count:>12,}")

@@ -86,6 +86,7 @@ class PageMeta:
 class Page:
     records: list[Any]  # raw JSON values as sent; normally dicts, validated by normalise.py
     meta: PageMeta
+    server_time: dt.datetime | None = None  # the response's `Date` header: the API's clock, to the second
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class DayFetch:
     passes: int
     duplicates_seen: int
     consistent: bool  # False: the API's total never matched what it returned (API data error)
+    observed_at: dt.datetime | None = None  # the API's clock at the day's first page; None without a Date header
 
 
 @dataclass
@@ -277,6 +279,8 @@ class OrderSyncClient:
         self.max_concurrent_pages = max_concurrent_pages
         self.max_paging_passes = max_paging_passes
         self.counter = RequestCounter()
+        # The API's clock (`Date` header) at the latest response: when look-ups observed their statuses.
+        self.last_server_time: dt.datetime | None = None
         self._rate_budget = RateBudget(requests_per_second) if requests_per_second else None
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -330,10 +334,12 @@ class OrderSyncClient:
         """
         merged: dict[str, Any] = {}
         pages_fetched = duplicates_seen = 0
+        server_times: list[dt.datetime] = []
         previous_pass_ids: frozenset[str] | None = None
         for pass_number in range(1, self.max_paging_passes + 1):
             pages = self._fetch_every_page(day)
             pages_fetched += len(pages)
+            server_times.extend(page.server_time for page in pages if page.server_time is not None)
             api_total = pages[-1].meta.total
             pass_ids: set[str] = set()
             id_less: list[Any] = []  # records that cannot be deduplicated; normalise rejects them
@@ -350,7 +356,7 @@ class OrderSyncClient:
             complete = len(merged) + len(id_less) == api_total
             if total_held_still and (complete or frozenset(pass_ids) == previous_pass_ids):
                 return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
-                                duplicates_seen, consistent=complete)
+                                duplicates_seen, consistent=complete, observed_at=min(server_times, default=None))
             previous_pass_ids = frozenset(pass_ids)
         raise OrderSyncPagingError(
             f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes the API "
@@ -445,7 +451,10 @@ class OrderSyncClient:
                 self._rate_budget.acquire()
             self.counter.add(retry=attempt_number > 1)
             response = self._http.request(method, path, params=params, json=body)
-            return _parse_page(response, method, path, self._api_key)
+            page = _parse_page(response, method, path, self._api_key)
+            if page.server_time is not None:
+                self.last_server_time = page.server_time
+            return page
 
         try:
             # copy(): a Retrying keeps per-call state, and pages are fetched from several threads.
@@ -533,4 +542,13 @@ def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) 
         )
     except (TypeError, ValueError):
         raise _RetryableResponse(f"response meta is malformed: {redact_key(json.dumps(meta), api_key)[:200]}") from None
-    return Page(records=body["data"], meta=page_meta)
+    return Page(records=body["data"], meta=page_meta, server_time=_server_time(response))
+
+
+def _server_time(response: httpx.Response) -> dt.datetime | None:
+    """The `Date` header as a UTC datetime, or None if the server sent none or an unreadable one."""
+    try:
+        moment = email.utils.parsedate_to_datetime(response.headers.get("Date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment.astimezone(dt.timezone.utc) if moment.tzinfo is not None else None

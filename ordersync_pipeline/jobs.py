@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from ordersync_pipeline.assets.analyst_database import PUBLISHED_ASSETS, analyst_database
+from ordersync_pipeline.assets.analyst_database import MARTS, analyst_database
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import daily_partitions
 
 daily_order_sync = dg.define_asset_job(
     "daily_order_sync",
-    selection=dg.AssetSelection.assets(order_statuses, order_status_refresh, *PUBLISHED_ASSETS[1:], analyst_database),
+    selection=dg.AssetSelection.assets(order_statuses, order_status_refresh, *MARTS, analyst_database),
     partitions_def=daily_partitions,
     description="Load day D, re-read the lookback window and every older open line, rebuild the marts, publish "
                 "the analysts' file.",
@@ -23,7 +23,7 @@ daily_order_sync_schedule = dg.build_schedule_from_partitioned_job(
 # After a backfill of order_statuses (UI or CLI): re-run the blocking checks, rebuild the marts, publish.
 publish_analyst_database = dg.define_asset_job(
     "publish_analyst_database",
-    selection=dg.AssetSelection.assets(*PUBLISHED_ASSETS[1:], analyst_database)
+    selection=dg.AssetSelection.assets(*MARTS, analyst_database)
     | dg.AssetSelection.checks_for_assets(order_statuses),
     partitions_def=daily_partitions,
     description="Check order_statuses, rebuild the marts and publish the analysts' file (run after backfills).",

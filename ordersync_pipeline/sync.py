@@ -44,6 +44,7 @@ def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "ra
         api_total_consistent=fetch.consistent,
         extra_field_names=normalised.extra_field_names,
         fetched_at=fetched_at,
+        observed_at=fetch.observed_at,
     )
 
 
@@ -100,10 +101,14 @@ class RefreshResult:
     rejects: int
 
 
-def open_lines_sql(where: str) -> str:
+def is_open_sql(status_column: str = "status") -> str:
     """Open = not delivered and not cancelled (case-insensitive); unknown statuses count as open."""
     closed = ", ".join(f"'{status}'" for status in CLOSED_STATUSES)
-    return f"SELECT * FROM order_statuses WHERE lower(trim(coalesce(status, ''))) NOT IN ({closed}) AND {where}"
+    return f"lower(trim(coalesce({status_column}, ''))) NOT IN ({closed})"
+
+
+def open_lines_sql(where: str) -> str:
+    return f"SELECT * FROM order_statuses WHERE {is_open_sql()} AND {where}"
 
 
 def refresh_open_lines_before(
@@ -124,5 +129,6 @@ def refresh_open_lines_before(
     for supplier_order_id in supplier_orders:
         records.extend(client.get_by_supplier_order(supplier_order_id))
     normalised = normalise_order_statuses(records, fetched_at=fetched_at, pii_mode=pii_mode)
-    updated = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects)
+    observed_at = client.last_server_time if records else None
+    updated = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects, observed_at=observed_at)
     return RefreshResult(len(po_numbers), len(supplier_orders), len(records), updated, normalised.rejects.height)

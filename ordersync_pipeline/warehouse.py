@@ -116,7 +116,10 @@ COMMENTS = {
     "order_status_history": (
         "Each line's statuses as observed: one row per status spell, with when it was first and last seen. "
         "The API only shows the current status; this table is the only record of how a line moved.",
-        {"first_seen_at": "First fetch that showed this status", "last_seen_at": "Latest fetch that still showed it",
+        {"first_seen_at": "First observation that showed this status, on the API's clock (its HTTP Date header, "
+                           "to the second; the fetch time if it sent none). The change itself happened after the "
+                           "line's previous observation and no later than this",
+         "last_seen_at": "Latest observation that still showed it (same clock)",
          "is_latest": "True on the line's most recent status spell"},
     ),
 }
@@ -141,6 +144,8 @@ class DayLoad:
     api_total_consistent: bool
     extra_field_names: tuple[str, ...]
     fetched_at: dt.datetime
+    # The API's clock when the day was read (see client.DayFetch): the time history records. None: fetched_at.
+    observed_at: dt.datetime | None = None
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -179,6 +184,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
         raise ValueError(f"replace_days got the same day twice: {days}")
     # Arrow once per frame: DuckDB would convert a polars frame again at every statement that reads it.
     rows = pl.concat([load.rows.select(list(ORDER_STATUS_SCHEMA)) for load in loads]).to_arrow()
+    observed = pl.concat([_observations(load.rows, load.observed_at) for load in loads]).to_arrow()
     rejects = pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
         pl.lit("by-date").alias("source")).to_arrow()
     day_loads = pl.DataFrame(
@@ -201,17 +207,26 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
         conn.execute(f"DELETE FROM order_status_loads WHERE {in_days}")
         conn.execute("INSERT INTO order_status_loads BY NAME SELECT * FROM day_loads")
-        _record_history(conn, rows, days=days)
+        _record_history(conn, observed, days=days)
+
+
+def _observations(rows: pl.DataFrame, observed_at: dt.datetime | None) -> pl.DataFrame:
+    """What history needs of stored rows: id, day, status and when observed (the fetch time if unknown)."""
+    when = pl.lit(observed_at).cast(rows.schema["fetched_at"]) if observed_at is not None else pl.col("fetched_at")
+    return rows.select("order_status_id", "order_day", "status", when.alias("observed_at"))
 
 
 def _date_list(days: list[dt.date]) -> str:
     return ", ".join(f"DATE '{day.isoformat()}'" for day in days)
 
 
-def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame) -> int:
+def apply_refreshed_statuses(
+    conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame, observed_at: dt.datetime | None = None
+) -> int:
     """Overwrite the lines a look-up returned (matched by order_status_id); return how many were updated.
 
     Only lines already stored are updated: a line of a day not loaded yet arrives with that day's load.
+    `observed_at`: the API's clock at the look-up, recorded in history (default: the rows' fetched_at).
     """
     rows = rows.select(list(ORDER_STATUS_SCHEMA))
     rejects = rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source"))
@@ -223,7 +238,8 @@ def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame
         # Rejects of look-ups belong to no day: keep only the latest refresh's.
         conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
-        stored = conn.sql("SELECT * FROM rows SEMI JOIN order_statuses USING (order_status_id)").to_arrow_table()
+        observed = _observations(rows, observed_at).to_arrow()
+        stored = conn.sql("SELECT * FROM observed SEMI JOIN order_statuses USING (order_status_id)").to_arrow_table()
         _record_history(conn, stored)
     return int(updated)
 
@@ -231,14 +247,14 @@ def apply_refreshed_statuses(conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame
 def _record_history(conn: duckdb.DuckDBPyConnection, observed: object, days: list[dt.date] | None = None) -> None:
     """Extend each observed line's current status spell, or close it and open a new one if its status changed.
 
-    `observed`: an Arrow table or polars frame with order_status_id, order_day, status, fetched_at.
+    `observed`: an Arrow table or polars frame with order_status_id, order_day, status, observed_at.
     `days`: all rows are of these order_days, so only their history is scanned (zone maps skip the rest).
     """
     latest = "h.is_latest"
     if days:
         latest += f" AND h.order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}'"
     conn.execute(f"""
-        UPDATE order_status_history AS h SET last_seen_at = greatest(h.last_seen_at, o.fetched_at)
+        UPDATE order_status_history AS h SET last_seen_at = greatest(h.last_seen_at, o.observed_at)
         FROM observed AS o
         WHERE {latest} AND h.order_status_id = o.order_status_id AND h.status IS NOT DISTINCT FROM o.status
     """)
@@ -249,7 +265,7 @@ def _record_history(conn: duckdb.DuckDBPyConnection, observed: object, days: lis
     """)
     conn.execute(f"""
         INSERT INTO order_status_history
-        SELECT o.order_status_id, o.order_day, o.status, o.fetched_at, o.fetched_at, true
+        SELECT o.order_status_id, o.order_day, o.status, o.observed_at, o.observed_at, true
         FROM observed AS o ANTI JOIN (SELECT order_status_id FROM order_status_history AS h WHERE {latest}) AS h
             USING (order_status_id)
     """)

@@ -9,11 +9,13 @@ from ordersync_pipeline.definitions import defs
 def test_assets_checks_jobs_and_schedule_are_the_public_names():
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "order_statuses", "order_status_refresh", "delivery_lead_times", "open_orders", "analyst_database"}
+        "order_statuses", "order_status_refresh", "delivery_lead_times", "open_orders", "open_order_backlog",
+        "stuck_lines", "supplier_scorecard", "carrier_scorecard", "analyst_database"}
     assert {key.name for key in graph.asset_check_keys} == {
         "order_status_id_is_unique", "required_keys_not_null", "delivery_not_before_order",
-        "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records"}
+        "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records", "no_stuck_lines"}
     job = defs.resolve_job_def("daily_order_sync")
+    assert set(job.asset_layer.asset_graph.get_all_asset_keys()) >= graph.get_all_asset_keys()
     assert job.partitions_def == graph.get(dg.AssetKey("order_statuses")).partitions_def
     schedule = defs.resolve_schedule_def("daily_order_sync_schedule")
     assert schedule.cron_schedule == "0 6 * * *" and schedule.execution_timezone == "UTC"

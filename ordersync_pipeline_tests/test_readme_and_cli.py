@@ -1,5 +1,6 @@
 """What a new user does from the README: the two commands, the demo, the analyst queries, the CLI."""
 
+import datetime as dt
 import json
 import os
 import re
@@ -73,14 +74,16 @@ def open_lines_older_than_a_week(lines: pl.DataFrame) -> pl.DataFrame:
             .filter(pl.col("age_days") > 7))
 
 
-def check_late_orders_by_supplier(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+def check_late_orders_by_supplier(rows: list[tuple], read) -> None:
+    lines, history = read("order_statuses"), read("order_status_history")
     late = open_lines_older_than_a_week(lines).group_by("supplier").agg(pl.len(), pl.col("order_date").min())
     assert {supplier: (n, oldest) for supplier, n, oldest in rows} == {
         supplier: (n, oldest) for supplier, n, oldest in late.iter_rows()}
     assert [n for _, n, _ in rows] == sorted((n for _, n, _ in rows), reverse=True)
 
 
-def check_p90_lead_time_by_carrier(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+def check_p90_lead_time_by_carrier(rows: list[tuple], read) -> None:
+    lines, history = read("order_statuses"), read("order_status_history")
     delivered = lines.filter(
         (pl.col("status").str.strip_chars().str.to_lowercase() == "delivered")
         & (pl.col("delivery_date") >= pl.col("order_date"))
@@ -92,7 +95,8 @@ def check_p90_lead_time_by_carrier(rows: list[tuple], lines: pl.DataFrame, histo
     assert [p90 for _, _, p90 in rows] == sorted(p90 for _, _, p90 in rows)
 
 
-def check_oldest_open_orders(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+def check_oldest_open_orders(rows: list[tuple], read) -> None:
+    lines, history = read("order_statuses"), read("order_status_history")
     expected = open_lines_older_than_a_week(lines).sort("order_date").select(
         "order_id", "po_number", "supplier", "status", "order_date", "age_days")
     assert len(rows) == min(50, expected.height)
@@ -101,12 +105,58 @@ def check_oldest_open_orders(rows: list[tuple], lines: pl.DataFrame, history: pl
     assert set(rows) <= set(expected.iter_rows())
 
 
-def check_backordered_durations(rows: list[tuple], lines: pl.DataFrame, history: pl.DataFrame) -> None:
+def check_backordered_durations(rows: list[tuple], read) -> None:
+    lines, history = read("order_statuses"), read("order_status_history")
     expected = history.filter(pl.col("status") == "backordered").select(
         "order_status_id", (pl.col("last_seen_at") - pl.col("first_seen_at")).alias("duration"))
     longest = sorted(expected["duration"].to_list(), reverse=True)[:20]
     assert [duration for _, duration in rows] == longest
     assert set(rows) <= set(expected.iter_rows())
+
+
+def check_backlog_trend(rows: list[tuple], read) -> None:
+    per_day = read("open_order_backlog").group_by("as_of_day").agg(
+        pl.col("open_lines").sum(),
+        pl.col("open_lines").filter(~pl.col("age_bucket").is_in(["0-2", "3-7"])).sum().alias("older")).sort("as_of_day")
+    assert [row[0] for row in rows] == per_day["as_of_day"].to_list()
+    assert [row[1] for row in rows] == per_day["open_lines"].to_list()
+    changes = [None] + [b - a for a, b in zip(per_day["open_lines"], per_day["open_lines"][1:])]
+    assert [row[2] for row in rows] == changes
+    assert [row[3] or 0 for row in rows] == per_day["older"].to_list()
+
+
+def check_suppliers_getting_slower(rows: list[tuple], read) -> None:
+    weeks = read("supplier_scorecard")
+    recent_from = weeks["order_week"].max() - dt.timedelta(days=21)
+    weeks = weeks.filter(pl.col("order_week") >= recent_from - dt.timedelta(days=28))
+    expected = {}
+    for supplier, group in weeks.group_by("supplier"):
+        recent = group.filter(pl.col("order_week") >= recent_from).drop_nulls("p50_lead_time_days")
+        earlier = group.filter(pl.col("order_week") < recent_from).drop_nulls("p50_lead_time_days")
+        weighted = [(g["p50_lead_time_days"] * g["lines_delivered"]).sum() / g["lines_delivered"].sum()
+                    if g.height and g["lines_delivered"].sum() else None for g in (recent, earlier)]
+        expected[supplier[0]] = [round(w, 2) if w is not None else None for w in weighted]
+    assert {row[0] for row in rows} == set(expected)
+    for supplier, recent_p50, earlier_p50, _ in rows:
+        for got, want in zip((recent_p50, earlier_p50), expected[supplier]):
+            assert (got is None and want is None) or abs(got - want) <= 0.011, (supplier, got, want)
+
+
+def check_carrier_transit(rows: list[tuple], read) -> None:
+    carriers = read("carrier_scorecard").group_by("carrier").agg(
+        pl.col("lines_delivered").sum(), pl.col("lines_transit_bracketed").sum(),
+        pl.col("p50_transit_days_min").max(), pl.col("p50_transit_days_max").max())
+    expected = {c: (d, b, lo, hi) for c, d, b, lo, hi in carriers.iter_rows()}
+    assert {row[0]: row[1:3] for row in rows} == {c: v[:2] for c, v in expected.items()}
+    for carrier, _, _, low, high, _ in rows:
+        for got, want in zip((low, high), expected[carrier][2:]):
+            assert (got is None and want is None) or abs(got - want) <= 0.005 + 1e-9
+
+
+def check_stuck_lines_summary(rows: list[tuple], read) -> None:
+    stuck = read("stuck_lines")
+    ((count, longest, _, since),) = rows
+    assert count == stuck.height and longest == stuck["days_in_status"].max() and since == stuck["status_since"].min()
 
 
 # Each README query (known by a phrase in it), checked against the same figure computed here in polars from
@@ -116,6 +166,10 @@ INDEPENDENT_CHECKS = {
     "AS p90_days": check_p90_lead_time_by_carrier,
     "LIMIT 50": check_oldest_open_orders,
     "AS observed_backordered_for": check_backordered_durations,
+    "FROM open_order_backlog": check_backlog_trend,
+    "FROM supplier_scorecard": check_suppliers_getting_slower,
+    "FROM carrier_scorecard": check_carrier_transit,
+    "FROM stuck_lines": check_stuck_lines_summary,
 }
 
 
@@ -125,12 +179,10 @@ def test_readme_analyst_queries_run_on_the_demo_database(demo_database, query):
     database, _ = demo_database
     with duckdb.connect(str(database), read_only=True) as conn:
         rows = conn.sql(query).fetchall()
-        lines = conn.sql("SELECT * FROM order_statuses").pl()
-        history = conn.sql("SELECT * FROM order_status_history").pl()
-    assert rows, f"README query returned nothing on the demo database:\n{query}"
-    checks = [check for phrase, check in INDEPENDENT_CHECKS.items() if phrase in query]
-    assert len(checks) == 1, f"no independent check (or several) for this README query:\n{query}"
-    checks[0](rows, lines, history)
+        assert rows, f"README query returned nothing on the demo database:\n{query}"
+        checks = [check for phrase, check in INDEPENDENT_CHECKS.items() if phrase in query]
+        assert len(checks) == 1, f"no independent check (or several) for this README query:\n{query}"
+        checks[0](rows, lambda table: conn.sql(f"SELECT * FROM {table}").pl())
 
 
 def test_there_are_readme_queries_for_each_analyst_question():

@@ -10,20 +10,23 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
+from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
 from ordersync_pipeline.assets.marts import MART, delivery_lead_times, open_orders
 from ordersync_pipeline.assets.metadata import markdown_table
 from ordersync_pipeline.assets.order_statuses import order_statuses
+from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
 from ordersync_pipeline.snapshots import SNAPSHOT_INFO_COMMENTS, SNAPSHOT_INFO_SQL, publish
 from ordersync_pipeline.warehouse import apply_comments, transaction
 
-# Every mart the analysts' file must hold up to date; order_statuses too, so its blocking checks stop
-# publishing even in a run that selected the checks without the asset.
-PUBLISHED_ASSETS = [order_statuses, delivery_lead_times, open_orders]
+# Every mart the analysts' file holds, rebuilt before each publish.
+MARTS = [delivery_lead_times, open_orders, open_order_backlog, stuck_lines, supplier_scorecard, carrier_scorecard]
 
 
-@dg.asset(deps=PUBLISHED_ASSETS, **{**MART, "group_name": "analysts"})
+# order_statuses is a direct dependency too, so its blocking checks stop publishing even in a run that
+# selected the checks without the asset (publish_analyst_database).
+@dg.asset(deps=[order_statuses, *MARTS], **{**MART, "group_name": "analysts"})
 def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
     """The DuckDB file analysts open (ORDERSYNC_DUCKDB_PATH): a complete, checkpointed copy of the working
     file, swapped in with one atomic rename after every run whose blocking checks passed. Its table

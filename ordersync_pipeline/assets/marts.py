@@ -24,14 +24,18 @@ MART = dict(
     group_name="marts",
 )
 
-DELIVERY_LEAD_TIMES_SQL = """
+# Shared by every mart that speaks of lead times, so "delivered" and "lead time" mean one thing everywhere.
+LEAD_TIME_DAYS = "epoch(delivery_date - order_date) / 86400.0"
+ORDER_WEEK = "CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE)"
+IS_DELIVERED = "lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date"
+DELIVERY_LEAD_TIMES_SQL = f"""
 CREATE OR REPLACE TABLE delivery_lead_times AS
 SELECT
     order_status_id, order_id, po_number, supplier, carrier, order_date, delivery_date,
-    epoch(delivery_date - order_date) / 86400.0 AS lead_time_days,
-    CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE) AS order_week
+    {LEAD_TIME_DAYS} AS lead_time_days,
+    {ORDER_WEEK} AS order_week
 FROM order_statuses
-WHERE lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date
+WHERE {IS_DELIVERED}
 """
 DELIVERY_LEAD_TIME_SUMMARY_SQL = """
 CREATE OR REPLACE TABLE delivery_lead_time_summary AS
@@ -62,13 +66,13 @@ LEAD_TIME_COMMENTS = {
 }
 
 AGE_BUCKETS = (("0-2", 0, 2), ("3-7", 3, 7), ("8-14", 8, 14), ("15-30", 15, 30), ("31+", 31, None))
-_AGE_BUCKET_CASE = "CASE " + " ".join(
+AGE_BUCKET_CASE = "CASE " + " ".join(
     f"WHEN age_days <= {high} THEN '{label}'" for label, _, high in AGE_BUCKETS if high is not None
 ) + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
-_AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
+AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
 OPEN_ORDERS_SQL = f"""
 CREATE OR REPLACE TABLE open_orders AS
-SELECT *, {_AGE_BUCKET_CASE} AS age_bucket
+SELECT *, {AGE_BUCKET_CASE} AS age_bucket
 FROM (
     SELECT order_status_id, order_id, po_number, supplier, status, carrier, order_date, order_day,
            $as_of::DATE AS as_of_day,
@@ -82,7 +86,7 @@ SELECT supplier, status, age_bucket, count(*) AS lines, count(DISTINCT order_id)
        min(order_date) AS oldest_order_date, max(age_days) AS oldest_age_days, any_value(as_of_day) AS as_of_day
 FROM open_orders
 GROUP BY supplier, status, age_bucket
-ORDER BY supplier, status, {_AGE_BUCKET_ORDER}
+ORDER BY supplier, status, {AGE_BUCKET_ORDER}
 """
 OPEN_ORDER_COMMENTS = {
     "open_orders": (
@@ -148,9 +152,10 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
     })
 
 
-def _open_orders_as_of(conn: duckdb.DuckDBPyConnection):
-    exists = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'open_orders'").fetchall()[0][0]
-    return conn.execute("SELECT max(as_of_day) FROM open_orders").fetchall()[0][0] if exists else None
+def built_as_of(conn: duckdb.DuckDBPyConnection, table: str):
+    """The as_of_day `table` was last built for, or None if it does not exist yet."""
+    exists = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()[0][0]
+    return conn.execute(f"SELECT max(as_of_day) FROM {table}").fetchall()[0][0] if exists else None
 
 
 @dg.asset(deps=[order_statuses, order_status_refresh], **MART)
@@ -159,12 +164,12 @@ def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse
     the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
     as_of = partition_days(context)[-1]
     with warehouse.connect() as conn:
-        built_as_of = _open_orders_as_of(conn)
-        if built_as_of is not None and built_as_of > as_of:
+        built_as_of_day = built_as_of(conn, "open_orders")
+        if built_as_of_day is not None and built_as_of_day > as_of:
             # Runs can finish out of order (catch-up, backfills): an older partition must not replace a newer table.
-            context.log.warning(f"open_orders is already built as of {built_as_of}; kept it rather than going back "
-                                f"to {as_of}")
-            as_of = built_as_of
+            context.log.warning(f"open_orders is already built as of {built_as_of_day}; kept it rather than going "
+                                f"back to {as_of}")
+            as_of = built_as_of_day
         else:
             rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
         summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()

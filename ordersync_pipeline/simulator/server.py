@@ -12,6 +12,7 @@ Faults can be switched on to behave like a hostile production API (see `Faults`)
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import random
 import threading
@@ -290,6 +291,11 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
             pass  # quiet: tests and the demo print their own progress
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The `Date` header tells the simulator's time, as a real API's tells its clock: clients take
+            # it as the moment the statuses they got were observed, so tests with a fixed clock are exact.
+            return email.utils.formatdate(sim.clock.now().timestamp(), usegmt=True)
 
         def do_GET(self) -> None:
             self._handle("GET")
