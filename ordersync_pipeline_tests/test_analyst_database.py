@@ -176,7 +176,12 @@ def a_read_only_place(tmp: Path) -> Path:
     return Path("/proc/ordersync/ordersync.duckdb")  # read-only even for root
 
 
+def a_motherduck_path(tmp: Path) -> Path:
+    return Path("md:ordersync")
+
+
 @pytest.mark.parametrize("make_bad_path, setting, says", [
+    (a_motherduck_path, "ORDERSYNC_DUCKDB_PATH", "MotherDuck paths are not supported"),
     (a_folder, "ORDERSYNC_DUCKDB_PATH", "is a directory"),
     (a_text_file, "ORDERSYNC_DUCKDB_PATH", "is not a DuckDB database file"),
     (a_read_only_place, "ORDERSYNC_DUCKDB_PATH", "cannot create its folder"),

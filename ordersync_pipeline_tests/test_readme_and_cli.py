@@ -159,6 +159,13 @@ def check_stuck_lines_summary(rows: list[tuple], read) -> None:
     assert count == stuck.height and longest == stuck["days_in_status"].max() and since == stuck["status_since"].min()
 
 
+def check_published_snapshot(rows: list[tuple], read) -> None:
+    lines = read("order_statuses")
+    ((published_at, as_of_day, first_day, last_day, order_lines),) = rows
+    assert (first_day, last_day, order_lines) == (lines["order_day"].min(), lines["order_day"].max(), lines.height)
+    assert as_of_day <= last_day and published_at is not None
+
+
 # Each README query (known by a phrase in it), checked against the same figure computed here in polars from
 # the raw tables, independently of the marts and of the query itself.
 INDEPENDENT_CHECKS = {
@@ -166,6 +173,7 @@ INDEPENDENT_CHECKS = {
     "AS p90_days": check_p90_lead_time_by_carrier,
     "LIMIT 50": check_oldest_open_orders,
     "AS observed_backordered_for": check_backordered_durations,
+    "FROM published_snapshot": check_published_snapshot,
     "FROM open_order_backlog": check_backlog_trend,
     "FROM supplier_scorecard": check_suppliers_getting_slower,
     "FROM carrier_scorecard": check_carrier_transit,
