@@ -30,6 +30,7 @@ import duckdb
 import httpx
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+from ordersync_pipeline.snapshots import DEFAULT_STORAGE_VERSION, default_working_path, publish, storage_config
 
 RAW_THREADS = 8
 
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             requests, wall = daily_job(base_url, last, Path(workdir) / "p0.duckdb")
             print(f"\ndaily_order_sync for {last} (14-day lookback + open-line refresh): {requests} API requests, "
                   f"{wall:.2f} s whole process")
+        print()
+        publish_benchmark(default_working_path(str(Path(workdir) / "p0.duckdb")), args.repeat)
     if "marts" not in args.skip:
         print()
         mart_benchmark(args.mart_lines, args.repeat)
@@ -199,7 +202,9 @@ def mart_benchmark(lines: int, repeat: int) -> None:
     from ordersync_pipeline.warehouse import ensure_schema
 
     with tempfile.TemporaryDirectory() as workdir:
-        conn = duckdb.connect(str(Path(workdir) / "marts.duckdb"))
+        # In the storage format the pipeline's working files use, so publishing is measured as it runs.
+        conn = duckdb.connect(str(Path(workdir) / "marts.duckdb"),
+                              config={**storage_config(DEFAULT_STORAGE_VERSION), "enable_progress_bar": False})
         ensure_schema(conn)
         started = time.monotonic()
         conn.execute(f"""
@@ -261,6 +266,21 @@ def mart_benchmark(lines: int, repeat: int) -> None:
             count = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
             print(f"{name:<40} {statistics.median(walls):>9.2f} {count:>12,}")
         conn.close()
+        print()
+        publish_benchmark(str(Path(workdir) / "marts.duckdb"), repeat)
+
+
+def publish_benchmark(working: str, repeat: int) -> None:
+    """What analyst_database adds to a run: snapshots.publish of `working` (the asset's own call), timed."""
+    with tempfile.TemporaryDirectory() as folder, duckdb.connect(working) as conn:
+        lines = conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
+        published = str(Path(folder) / "ordersync.duckdb")
+        snapshots = [publish(conn, published, DEFAULT_STORAGE_VERSION) for _ in range(repeat)]
+    seconds = statistics.median(snapshot.seconds for snapshot in snapshots)
+    size = snapshots[-1].size_bytes / 1e6
+    print(f"publish {lines:,} lines ({size:,.0f} MB published, working file {os.path.getsize(working) / 1e6:,.0f} MB): "
+          f"{seconds:.2f} s median = {seconds / lines * 1e6:.2f} s per million lines; extra disk while publishing: "
+          f"{size:,.0f} MB (one copy); {'file copy' if snapshots[-1].copied_file else 'rewritten through DuckDB'}")
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ class OrderSyncWarehouse(DuckDBResource):
             before_sleep=_log_lock_wait,
             reraise=True,
         )
-        config = {"custom_user_agent": "ordersync-pipeline", **storage_config(self.storage_version),
-                  **self.connection_config}
+        # No progress bar: in a run it would only write terminal escape codes into the captured logs.
+        config = {"custom_user_agent": "ordersync-pipeline", "enable_progress_bar": False,
+                  **storage_config(self.storage_version), **self.connection_config}
         if self.database != ":memory:":
             if self.analyst_database:  # the public setting first: the working path is usually derived from it
                 check_usable_path(self.analyst_database, ANALYST_PATH_SETTING)
