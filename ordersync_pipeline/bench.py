@@ -203,8 +203,8 @@ def mart_benchmark(lines: int, repeat: int) -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         # In the storage format the pipeline's working files use, so publishing is measured as it runs.
-        conn = duckdb.connect(str(Path(workdir) / "marts.duckdb"),
-                              config={**storage_config(DEFAULT_STORAGE_VERSION), "enable_progress_bar": False})
+        conn = duckdb.connect(str(Path(workdir) / "marts.duckdb"), config=storage_config(DEFAULT_STORAGE_VERSION))
+        conn.execute("SET enable_progress_bar = false")
         ensure_schema(conn)
         started = time.monotonic()
         conn.execute(f"""

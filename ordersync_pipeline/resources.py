@@ -89,9 +89,8 @@ class OrderSyncWarehouse(DuckDBResource):
             before_sleep=_log_lock_wait,
             reraise=True,
         )
-        # No progress bar: in a run it would only write terminal escape codes into the captured logs.
-        config = {"custom_user_agent": "ordersync-pipeline", "enable_progress_bar": False,
-                  **storage_config(self.storage_version), **self.connection_config}
+        config = {"custom_user_agent": "ordersync-pipeline", **storage_config(self.storage_version),
+                  **self.connection_config}
         if self.database != ":memory:":
             if self.analyst_database:  # the public setting first: the working path is usually derived from it
                 check_usable_path(self.analyst_database, ANALYST_PATH_SETTING)
@@ -106,6 +105,8 @@ class OrderSyncWarehouse(DuckDBResource):
         conn = _explaining_errors(self.database, WORKING_PATH_SETTING, self.lock_timeout_seconds,
                                   waiting, duckdb.connect, self.database, read_only=False, config=config)
         try:
+            # No progress bar: in a run it would only write terminal escape codes into the captured logs.
+            conn.execute("SET enable_progress_bar = false")
             ensure_schema(conn)
             yield conn
         finally:
