@@ -19,7 +19,7 @@ from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_NOW, range_tags
 from ordersync_pipeline_tests.test_readme_and_cli import analyst_queries
-from ordersync_pipeline_tests.truth import expected_row
+from ordersync_pipeline_tests.truth import expected_row, quantile
 
 FIRST_DAY = dt.date(2025, 11, 26)
 DAILY_RUNS = 10
@@ -77,15 +77,6 @@ def scenario(tmp_path_factory):
 
 def age_bucket(age: int) -> str:
     return next(label for label, high in (("0-2", 2), ("3-7", 7), ("8-14", 14), ("15-30", 30), ("31+", 10**6)) if age <= high)
-
-
-def quantile(values: list[float], q: float) -> float:
-    """DuckDB's quantile_cont: linear interpolation between the closest ranks."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def week(moment: dt.datetime) -> dt.date:

@@ -10,7 +10,7 @@ from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags
-from ordersync_pipeline_tests.truth import assert_table_equals_truth, expected_row
+from ordersync_pipeline_tests.truth import assert_table_equals_truth, expected_row, quantile
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,6 @@ def simulator():
 def status_of(record: dict) -> str:
     """The status as the README defines it for open/delivered: case and surrounding spaces ignored."""
     return record["status"].strip().lower()
-
-
-def quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (what DuckDB's quantile_cont computes)."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def run_daily(defs, day: dt.date, **options):

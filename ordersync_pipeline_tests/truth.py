@@ -33,3 +33,12 @@ def assert_table_equals_truth(database: str, truth_records: list[dict], where: s
         f"missing {len(expected.keys() - stored.keys())}, unexpected {len(stored.keys() - expected.keys())}")
     mismatched = [key for key in expected if stored[key] != expected[key]]
     assert not mismatched, f"{len(mismatched)} lines differ, e.g. {stored[mismatched[0]]} != {expected[mismatched[0]]}"
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (what DuckDB's quantile_cont computes)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
