@@ -175,3 +175,17 @@ def test_three_retailers_with_overlapping_ids_each_hold_only_their_own_lines(tmp
         assert conn.execute("SELECT count(DISTINCT retailer) FROM open_orders").fetchall()[0][0] == 3
         with pytest.raises(duckdb.Error):  # read-only: nobody writes a retailer's file through the comparison
             conn.execute("CREATE TABLE acme.main.scratch (x INTEGER)")
+
+
+def test_across_retailers_command_prints_the_script_or_says_what_to_set(monkeypatch, capsys, tmp_path):
+    from ordersync_pipeline.cli import main
+
+    monkeypatch.delenv("ORDERSYNC_RETAILERS", raising=False)
+    assert main(["across-retailers"]) == 2
+    assert "ORDERSYNC_RETAILERS is not set" in capsys.readouterr().err
+    monkeypatch.setenv("ORDERSYNC_RETAILERS", "acme,globex")
+    monkeypatch.setenv("ORDERSYNC_DUCKDB_PATH", str(tmp_path / "it's" / "o.duckdb"))
+    assert main(["across-retailers"]) == 0
+    script = capsys.readouterr().out
+    assert f"ATTACH IF NOT EXISTS '{tmp_path}/it''s/acme/o.duckdb' AS acme (READ_ONLY);" in script
+    assert "SELECT 'globex' AS retailer, * FROM globex.main.order_statuses" in script
