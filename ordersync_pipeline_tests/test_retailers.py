@@ -110,7 +110,7 @@ def test_a_backfill_of_every_retailer_is_one_run_per_retailer(tmp_path):
 
 @pytest.mark.slow
 def test_three_retailers_with_overlapping_ids_each_hold_only_their_own_lines(tmp_path):
-    first, last = dt.date(2025, 11, 26), dt.date(2025, 12, 7)
+    first, last = dt.date(2025, 11, 24), dt.date(2025, 12, 7)  # first = the refresh lookback start
     feeds = overlapping_retailers()
     (main_key, main), *others = feeds.items()
     with OrderSyncSimulator(main, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY, api_key=main_key,
