@@ -1,6 +1,8 @@
 """`ordersync`: the demo, live look-ups and the standalone simulator.
 
     ordersync demo [--days 14] [--ui]            simulator + Dagster, no key needed
+    ordersync demo --retailers 3 [--ui]          the same for several retailers (ORDERSYNC_RETAILERS)
+    ordersync across-retailers                   SQL comparing every retailer's published file
     ordersync lookup po PO_NUMBER [--json]       live look-up by PO number
     ordersync lookup supplier-order ID [--json]  live look-up by supplier order id
     ordersync simulator [--port 8765]            serve the embedded simulator until Ctrl-C
@@ -52,9 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders-per-day", type=int, default=300, help="simulated orders per day (default 300)")
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (same seed, same data)")
     demo.add_argument("--database", default=DEMO_DATABASE, help=f"DuckDB file to write (default {DEMO_DATABASE})")
+    demo.add_argument("--retailers", type=int, default=0,
+                      help="simulate this many retailers, one key and one DuckDB folder each (ORDERSYNC_RETAILERS)")
     demo.add_argument("--ui", action="store_true", help="start `dagster dev` wired to the simulator instead")
     demo.add_argument("--port", type=int, default=3000, help="Dagster UI port with --ui (default 3000)")
     demo.set_defaults(run=run_demo)
+
+    across = commands.add_parser("across-retailers", help="print SQL that compares every retailer's published file "
+                                 "(ORDERSYNC_RETAILERS, ORDERSYNC_DUCKDB_PATH); use with duckdb -init FILE")
+    across.set_defaults(run=run_across_retailers)
 
     lookup = commands.add_parser("lookup", help="look lines up live (ORDERSYNC_API_KEY, ORDERSYNC_BASE_URL)")
     lookup.add_argument("kind", choices=("po", "supplier-order"), help="what the value is")
@@ -77,15 +85,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- demo ------------------------------------------------------------------------------------------
+DEMO_RETAILER_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "wonka")
+
+
+def demo_retailer_names(count: int) -> list[str]:
+    return [DEMO_RETAILER_NAMES[i] if i < len(DEMO_RETAILER_NAMES) else f"retailer_{i + 1}" for i in range(count)]
+
+
+def demo_retailer_key(name: str) -> str:
+    return f"{SIMULATOR_API_KEY}_{name}"
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    if args.days < 1:
-        print("error: --days must be at least 1", file=sys.stderr)
+    if args.days < 1 or args.retailers < 0:
+        print("error: --days must be at least 1 and --retailers at least 0", file=sys.stderr)
         return 2
     today = dt.datetime.now(dt.timezone.utc).date()
     first_day, last_day = today - dt.timedelta(days=args.days), today - dt.timedelta(days=1)
+    names = demo_retailer_names(args.retailers)
+    # Several retailers: different seeds, but one id seed, so PO numbers and supplier order ids overlap on
+    # purpose (each retailer's tables must still hold only its own lines).
+    retailers = {demo_retailer_key(name): SimulatedRetailer(seed=args.seed + i, orders_per_day=args.orders_per_day,
+                                                            id_seed=args.seed) for i, name in enumerate(names)}
     retailer = SimulatedRetailer(seed=args.seed, orders_per_day=args.orders_per_day)
     # History starts a month before the loaded range, so the refresh has older open lines to chase.
-    with OrderSyncSimulator(retailer, first_day=first_day - dt.timedelta(days=30)) as sim:
+    with OrderSyncSimulator(retailer, first_day=first_day - dt.timedelta(days=30), more_retailers=retailers) as sim:
         database = str(Path(args.database).resolve())
         os.environ.update(
             ORDERSYNC_API_KEY=SIMULATOR_API_KEY,
@@ -93,29 +117,67 @@ def run_demo(args: argparse.Namespace) -> int:
             ORDERSYNC_DUCKDB_PATH=database,
             ORDERSYNC_START_DATE=min(first_day, dt.date(2025, 1, 1)).isoformat(),
         )
-        print(f"OrderSync simulator serving on {sim.base_url} ({args.orders_per_day} orders/day, seed {args.seed})")
+        if names:
+            os.environ["ORDERSYNC_RETAILERS"] = ",".join(names)
+            os.environ.update({f"ORDERSYNC_API_KEY_{name.upper()}": demo_retailer_key(name) for name in names})
+        print(f"OrderSync simulator serving on {sim.base_url} ({args.orders_per_day} orders/day, seed {args.seed}"
+              + (f"; retailers {', '.join(names)}, one key each" if names else "") + ")")
         if args.ui:
             return _run_dagster_ui(args.port)
-        print(f"Loading {first_day} .. {last_day} through Dagster (daily_order_sync, one run) into {database}")
+        jobs = [f"daily_order_sync_{name}" for name in names] or ["daily_order_sync"]
         started = time.monotonic()
-        result = run_daily_order_sync(first_day, last_day)
+        for job in jobs:
+            print(f"Loading {first_day} .. {last_day} through Dagster ({job}, one run)")
+            if not run_daily_order_sync(first_day, last_day, job).success:
+                print("error: the run failed; see the log above", file=sys.stderr)
+                return 1
         elapsed = time.monotonic() - started
-        if not result.success:
-            print("error: the run failed; see the log above", file=sys.stderr)
-            return 1
         print(f"\nDone in {elapsed:.1f} s, {sum(sim.requests.values())} API requests.\n")
-        print(demo_summary(database))
-        print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}")
+        if not names:
+            print(demo_summary(database))
+            print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}")
+            return 0
+        from ordersync_pipeline.across_retailers import across_retailers_sql, published_files_from_env
+
+        published = published_files_from_env()
+        script = Path(database).parent / "all_retailers.sql"
+        script.write_text(across_retailers_sql(published))
+        print(across_retailers_summary(script))
+        print("\nDuckDB files, one per retailer:\n" + "\n".join(f"  {name}: {path}" for name, path in published.items()))
+        print(f"Compare them in one session: duckdb -init {script}")
     return 0
 
 
-def run_daily_order_sync(first_day: dt.date, last_day: dt.date):
-    """Run daily_order_sync over a range of days in one in-process run, logging progress at INFO."""
+def across_retailers_summary(script: Path) -> str:
+    """Lines and open lines per retailer, through the cross-retailer views."""
+    import duckdb
+
+    with duckdb.connect() as conn:
+        conn.execute(script.read_text())
+        return "Lines per retailer (all_retailers.sql):\n" + str(conn.sql(
+            "SELECT retailer, count(*) AS lines, count(DISTINCT po_number) AS po_numbers, "
+            "(SELECT count(*) FROM open_orders o WHERE o.retailer = s.retailer) AS open_lines "
+            "FROM order_statuses s GROUP BY ALL ORDER BY retailer").pl())
+
+
+def run_across_retailers(args: argparse.Namespace) -> int:
+    from ordersync_pipeline.across_retailers import across_retailers_sql, published_files_from_env
+
+    try:
+        print(across_retailers_sql(published_files_from_env()), end="")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_daily_order_sync(first_day: dt.date, last_day: dt.date, job: str = "daily_order_sync"):
+    """Run daily_order_sync (or a retailer's copy) over a range of days in one in-process run, logging at INFO."""
     from ordersync_pipeline.definitions import defs  # after the environment is set
 
     import dagster as dg
 
-    return defs.resolve_job_def("daily_order_sync").execute_in_process(
+    return defs.resolve_job_def(job).execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         tags={"dagster/asset_partition_range_start": first_day.isoformat(),
               "dagster/asset_partition_range_end": last_day.isoformat()},

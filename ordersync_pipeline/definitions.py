@@ -12,22 +12,39 @@ from ordersync_pipeline.jobs import (
     publish_after_backfills,
     publish_analyst_database,
 )
-from ordersync_pipeline.resources import resources_from_env
+from ordersync_pipeline.resources import resources_from_env, retailers_from_env
+from ordersync_pipeline.retailers import build_retailer_definitions
+
+ASSETS = [order_statuses, order_status_refresh, *MARTS, analyst_database]
+CHECKS = [*order_status_checks, *backlog_checks]
+# Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
+# run's own process, one after another (also the cheapest executor to start, per the stack notes).
+EXECUTOR = dg.in_process_executor
 
 
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
     """The code location with the given resources (tests and the benchmark bind their own)."""
     return dg.Definitions(
-        assets=[order_statuses, order_status_refresh, *MARTS, analyst_database],
-        asset_checks=[*order_status_checks, *backlog_checks],
+        assets=ASSETS,
+        asset_checks=CHECKS,
         jobs=[daily_order_sync, publish_analyst_database],
         schedules=[daily_order_sync_schedule],
         sensors=[publish_after_backfills],
         resources=resources,
-        # Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
-        # run's own process, one after another (also the cheapest executor to start, per the stack notes).
-        executor=dg.in_process_executor,
+        executor=EXECUTOR,
     )
 
 
-defs = build_definitions(resources_from_env())
+def build_many_retailers_definitions(resources_by_retailer: dict[str, dict[str, dg.ConfigurableResource]]) -> dg.Definitions:
+    """The code location for several retailers, each with its resources (see retailers.py)."""
+    return build_retailer_definitions(ASSETS, CHECKS, resources_by_retailer, EXECUTOR)
+
+
+def definitions_from_env() -> dg.Definitions:
+    retailers = retailers_from_env()
+    if not retailers:  # one retailer, ORDERSYNC_API_KEY: exactly as before ORDERSYNC_RETAILERS existed
+        return build_definitions(resources_from_env())
+    return build_many_retailers_definitions({retailer: resources_from_env(retailer) for retailer in retailers})
+
+
+defs = definitions_from_env()

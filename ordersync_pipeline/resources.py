@@ -3,6 +3,7 @@
 
 import datetime as dt
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,19 +187,50 @@ def lookback_days_from_env() -> int:
     return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+RETAILERS_SETTING = "ORDERSYNC_RETAILERS"
+_RETAILER_NAME = re.compile(r"[a-z0-9_]+")
+
+
+def retailers_from_env() -> list[str]:
+    """The retailer names in ORDERSYNC_RETAILERS (e.g. `acme,globex`); empty when unset (one retailer, as ever)."""
+    value = os.environ.get(RETAILERS_SETTING, "")
+    names = [name.strip() for name in value.split(",")] if value.strip() else []
+    bad = [name for name in names if not _RETAILER_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"{RETAILERS_SETTING} must list retailer names of lower-case letters, digits and _ separated "
+                         f"by commas (e.g. acme,globex); got {value!r}, where {', '.join(map(repr, bad))} is not such a "
+                         "name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{RETAILERS_SETTING} names a retailer twice: {value!r}")
+    return names
+
+
+def api_key_setting(retailer: str | None) -> str:
+    """The variable holding the OrderSync key: ORDERSYNC_API_KEY, or ORDERSYNC_API_KEY_ACME for retailer acme."""
+    return f"ORDERSYNC_API_KEY_{retailer.upper()}" if retailer else "ORDERSYNC_API_KEY"
+
+
+def retailer_path(path: str, retailer: str | None) -> str:
+    """`path` moved into a folder named after the retailer: data/ordersync.duckdb -> data/acme/ordersync.duckdb."""
+    return str(Path(path).parent / retailer / Path(path).name) if retailer else path
+
+
+def resources_from_env(retailer: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
 
     Every setting is checked here, when the definitions load. ORDERSYNC_START_DATE is read (with
     date_from_env) by partitions.py, earlier still; ORDERSYNC_LOOKBACK_DAYS is read by each refresh run's
     config, and checked here too so that a bad value cannot fail a daily run after its day was stored.
+    With `retailer`, the key is ORDERSYNC_API_KEY_<RETAILER> and both DuckDB files sit in a folder named
+    after the retailer beside where the settings point; every other setting is shared.
     """
     lookback_days_from_env()
     pii_mode = choice_from_env("ORDERSYNC_PII_MODE", "raw", PII_MODES)
-    analyst_database = os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH
+    analyst_database = retailer_path(os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH, retailer)
+    working_database = os.environ.get(WORKING_PATH_SETTING)
     return {
         "ordersync": OrderSyncResource(
-            api_key=dg.EnvVar("ORDERSYNC_API_KEY"),
+            api_key=dg.EnvVar(api_key_setting(retailer)),
             base_url=os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
             max_concurrent_pages=number_from_env("ORDERSYNC_MAX_CONCURRENT_PAGES", "4"),
             days_in_flight=number_from_env("ORDERSYNC_DAYS_IN_FLIGHT", "4"),
@@ -206,7 +238,8 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
                                  if os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND") else None),
         ),
         "warehouse": OrderSyncWarehouse(
-            database=os.environ.get(WORKING_PATH_SETTING) or default_working_path(analyst_database),
+            database=retailer_path(working_database, retailer) if working_database
+            else default_working_path(analyst_database),
             analyst_database=analyst_database,
             storage_version=duckdb_setting_from_env(
                 "ORDERSYNC_DUCKDB_STORAGE_VERSION", DEFAULT_STORAGE_VERSION, "storage_compatibility_version",

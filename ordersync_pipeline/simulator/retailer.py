@@ -162,8 +162,11 @@ def _timeline(rng: random.Random, order_date: dt.datetime, ship_days: float, tra
 class SimulatedRetailer:
     """All order lines of one retailer, generated per day on demand and cached."""
 
-    def __init__(self, seed: int = 7, orders_per_day: int = 200, messy_every: int = 0):
+    def __init__(self, seed: int = 7, orders_per_day: int = 200, messy_every: int = 0, id_seed: int | None = None):
         self.seed = seed
+        # Order ids (and so supplier order ids) come from id_seed: retailers given the same one share ids, as
+        # separate retailers' numbering collides in reality. PO numbers are numbered per day alike anyway.
+        self.id_seed = seed if id_seed is None else id_seed
         self.orders_per_day = orders_per_day
         # 1 line in messy_every gets a quirk (see SimulatedLine.quirk); 0 = a tidy feed. Chosen by the line's
         # id, not the seeded draws, so the rest of the data is the same either way.
@@ -221,7 +224,7 @@ class SimulatedRetailer:
             po_number = _po_number(random.Random(f"{self.seed}-{earlier}-po-{n}"), earlier, n)
         else:
             po_number = _po_number(rng, day, n)
-        order_id = _hex_id(self.seed, day, n, "order", length=12)
+        order_id = _hex_id(self.id_seed, day, n, "order", length=12)
         customer = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         email = f"{customer.split()[0].lower()}.{n}@example.com"
         zone = rng.choice(CUSTOMER_ZONES)
@@ -238,7 +241,7 @@ class SimulatedRetailer:
         prefix, ship_days = SUPPLIERS[supplier]
         carrier = rng.choice(list(CARRIERS))
         customer = customer or f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
-        order_id = order_id or _hex_id(self.seed, day, n, "order", length=12)
+        order_id = order_id or _hex_id(self.id_seed, day, n, "order", length=12)
         order_status_id = _hex_id(self.seed, day, n, "line", length=16)
         return SimulatedLine(
             order_status_id=order_status_id,

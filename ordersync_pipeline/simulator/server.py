@@ -94,8 +94,11 @@ class OrderSyncSimulator:
         api_key: str = SIMULATOR_API_KEY,
         faults: Faults | None = None,
         not_found_style: str = "empty",
-        port: int = 0,
+        port: int | None = 0,
+        more_retailers: dict[str, SimulatedRetailer] | None = None,
     ):
+        """`more_retailers` are other retailers served under their own API keys (key -> retailer), on the same
+        clock, first day and faults; `port=None` builds a simulator that only such a server answers for."""
         if not_found_style not in NOT_FOUND_STYLES:
             raise ValueError(f"not_found_style must be one of {', '.join(NOT_FOUND_STYLES)}, got {not_found_style!r}")
         self.not_found_style = not_found_style
@@ -120,8 +123,14 @@ class OrderSyncSimulator:
         self._by_po: dict[str, list[SimulatedLine]] = {}
         self._by_supplier_order: dict[str, list[SimulatedLine]] = {}
         self._day_cache: dict[dt.date, tuple[tuple[dt.datetime, int], list[dict]]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
-        self._server.daemon_threads = True
+        # Each key sees its own retailer only, as OrderSync's keys do.
+        self.retailers_by_key: dict[str, OrderSyncSimulator] = {api_key: self, **{
+            key: OrderSyncSimulator(other, clock=self.clock, first_day=self.first_day, api_key=key, faults=self.faults,
+                                    not_found_style=not_found_style, port=None)
+            for key, other in (more_retailers or {}).items()}}
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self)) if port is not None else None
+        if self._server is not None:
+            self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -325,10 +334,11 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 return self._send_error(sim._fault_rng.choice((500, 502, 503)), "upstream unavailable")
             if fault == "slow":
                 time.sleep(sim.faults.slow_seconds)
-            if self.headers.get("X-API-Key") != sim.api_key:
+            feed = sim.retailers_by_key.get(self.headers.get("X-API-Key") or "")
+            if feed is None:
                 return self._send_error(401, "Invalid or missing API key")
             try:
-                payload = self._route(method, url.path, urllib.parse.parse_qs(url.query), body)
+                payload = self._route(feed, method, url.path, urllib.parse.parse_qs(url.query), body)
             except _ApiError as exc:
                 return self._send_error(exc.status, str(exc))
             self._send(200, payload, truncate=fault == "truncated")
@@ -341,14 +351,15 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                     return name
             return "unknown"
 
-        def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> dict:
+        def _route(self, feed: OrderSyncSimulator, method: str, path: str, query: dict[str, list[str]],
+                   body: bytes) -> dict:
             one = {key: values[0] for key, values in query.items()}
             if method == "GET" and path == "/api/v1/orders/by-date":
-                return self._by_date(one)
+                return self._by_date(feed, one)
             if method == "POST" and path == "/api/v1/orders/by-po-numbers":
-                return self._by_po_numbers(body)
-            for prefix, lookup in (("/api/v1/orders/by-po/", sim.records_for_po),
-                                   ("/api/v1/orders/by-supplier-order/", sim.records_for_supplier_order)):
+                return self._by_po_numbers(feed, body)
+            for prefix, lookup in (("/api/v1/orders/by-po/", feed.records_for_po),
+                                   ("/api/v1/orders/by-supplier-order/", feed.records_for_supplier_order)):
                 if method == "GET" and path.startswith(prefix) and len(path) > len(prefix):
                     value = urllib.parse.unquote(path[len(prefix):])
                     records = lookup(value)
@@ -357,21 +368,21 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                     return _envelope(records)
             raise _ApiError(404, f"no such endpoint: {method} {path}")
 
-        def _by_date(self, query: dict[str, str]) -> dict:
+        def _by_date(self, feed: OrderSyncSimulator, query: dict[str, str]) -> dict:
             start = _parse_date(query.get("start_date"), "start_date")
             end = _parse_date(query["end_date"], "end_date") if "end_date" in query else start
             if end < start:
                 raise _ApiError(400, "end_date must not be before start_date")
             page = _parse_int(query.get("page"), "page", 1, 1, 10**9)
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
-            if page > 1 and sim.faults.paging_drift and sim.draw_drift(start):
-                sim.insert_late_lines(start, sim._fault_rng.randint(1, 3))
-            records = sim.served_records_for_days(start, end)
+            if page > 1 and sim.faults.paging_drift and feed.draw_drift(start):
+                feed.insert_late_lines(start, sim._fault_rng.randint(1, 3))
+            records = feed.served_records_for_days(start, end)
             offset = (page - 1) * limit
             total = len(records) + sim.faults.total_offset
             return _envelope(records[offset : offset + limit], page=page, limit=limit, total=total)
 
-        def _by_po_numbers(self, body: bytes) -> dict:
+        def _by_po_numbers(self, feed: OrderSyncSimulator, body: bytes) -> dict:
             try:
                 po_numbers = json.loads(body)["po_numbers"]
             except (ValueError, KeyError, TypeError):
@@ -380,7 +391,7 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                 raise _ApiError(400, "po_numbers must be a list of strings")
             if len(po_numbers) > _MAX_PO_NUMBERS:
                 raise _ApiError(400, f"at most {_MAX_PO_NUMBERS} po_numbers per request, got {len(po_numbers)}")
-            return _envelope([r for po in dict.fromkeys(po_numbers) for r in sim.records_for_po(po)])
+            return _envelope([r for po in dict.fromkeys(po_numbers) for r in feed.records_for_po(po)])
 
         def _send_error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             echo = sim.faults.echo_request_headers
