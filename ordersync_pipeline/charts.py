@@ -68,7 +68,7 @@ def backlog_over_time(backlog: pl.DataFrame, age_buckets: Sequence[str], fmt: Fo
         return _message("No backlog day observed yet: the 06:00 run writes one per day.", fmt)
     totals = backlog.group_by("as_of_day", "age_bucket").agg(pl.col("open_lines").sum())
     days = pl.date_range(totals["as_of_day"].min(), totals["as_of_day"].max(), eager=True).alias("as_of_day")
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import ConciseDateFormatter, DayLocator
 
     figure = _figure(width=7.5, height=3.6)
     ax = figure.subplots()
@@ -80,7 +80,7 @@ def backlog_over_time(backlog: pl.DataFrame, age_buckets: Sequence[str], fmt: Fo
         bottom = [b + n for b, n in zip(bottom, lines)]
     ax.set_ylabel("open lines")
     ax.set_xlim(days.min() - dt.timedelta(days=1), days.max() + dt.timedelta(days=1))
-    locator = AutoDateLocator(maxticks=10)
+    locator = DayLocator(interval=max(1, days.len() // 8))  # whole days: the figures are per day
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.legend(fontsize=8, frameon=False, ncols=len(age_buckets), loc="upper left", bbox_to_anchor=(0, 1.12))
@@ -115,7 +115,7 @@ def supplier_scorecard(suppliers: pl.DataFrame, target_days: int | None = None, 
         ax.margins(x=0.15)
         ax.tick_params(axis="y", labelsize=8)
         _tidy(ax)
-    figure.suptitle("Suppliers: slowest first", x=0.01, ha="left", fontsize=11)
+    figure.suptitle("Suppliers, slowest first: lines ordered in the last 4 weeks", x=0.01, ha="left", fontsize=11)
     return _render(figure, fmt)
 
 
