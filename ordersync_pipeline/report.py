@@ -108,8 +108,8 @@ def _open(database: Path) -> duckdb.DuckDBPyConnection:
     missing = [table for table in REQUIRED_TABLES if table not in present]
     if missing:
         conn.close()
-        raise ReportError(f"{database} is not a published analysts' file: it has no table {', '.join(missing)}. Pass "
-                          "the file ORDERSYNC_DUCKDB_PATH names, after a run has published it")
+        raise ReportError(f"{database} is not a published analysts' file (no table {', '.join(missing)}): pass "
+                          "--database PATH with the file ORDERSYNC_DUCKDB_PATH names, once a run has published it")
     return conn
 
 

@@ -61,7 +61,7 @@ LEAD_TIME_COMMENTS = {
     ),
     "delivery_lead_time_summary": (
         "Lead-time statistics by supplier, carrier and week of order (from delivery_lead_times).",
-        {"deliveries": "Delivered lines", "p50_days": "Median lead time (days)", "p90_days": "90th percentile (days)",
+        {"deliveries": "Delivered lines", "mean_days": "Mean lead time (days)", "p50_days": "Median lead time (days)", "p90_days": "90th percentile (days)",
          "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
     ),
 }
@@ -98,7 +98,10 @@ OPEN_ORDER_COMMENTS = {
     ),
     "open_order_summary": (
         "Open lines by supplier, status and age bucket, with the oldest order of each group.",
-        {"lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date"},
+        {"status": "Current status as last seen", "age_bucket": "0-2, 3-7, 8-14, 15-30 or 31+ days",
+         "lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date",
+         "oldest_age_days": "Age of the oldest line, whole days to as_of_day",
+         "as_of_day": "Partition day the table was built for"},
     ),
 }
 
