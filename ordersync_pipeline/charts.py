@@ -29,9 +29,11 @@ P50, P90 = "#2CA02C", "#D62728"
 AGE_COLOURS = ("#C6DBEF", "#9ECAE1", "#6BAED6", "#3182BD", "#08519C")
 
 
-def lead_time_bin_width(longest_days: float) -> int:
-    """Whole days per bin: 1, or wider so that the longest lead time fits in MAX_BINS bins."""
-    return max(1, math.ceil(longest_days / MAX_BINS))
+def lead_time_bin_edges(longest_days: float) -> list[int]:
+    """Equal-width bins from 0 past the longest lead time: 1 day wide, or wider (whole days) so that they
+    number at most MAX_BINS."""
+    width = math.floor(longest_days / MAX_BINS) + 1
+    return list(range(0, width * (math.floor(longest_days / width) + 2), width))
 
 
 def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> bytes:
@@ -41,8 +43,7 @@ def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> byt
     if lead_times.is_empty():
         return _message("No delivered lines yet: no lead times to show.", fmt)
     carriers = sorted(lead_times["carrier"].unique().to_list())
-    width = lead_time_bin_width(float(lead_times["lead_time_days"].max()))
-    edges = list(range(0, width * (math.floor(float(lead_times["lead_time_days"].max()) / width) + 2), width))
+    edges = lead_time_bin_edges(float(lead_times["lead_time_days"].max()))
     figure = _figure(width=7.5, height=1.0 + 1.45 * len(carriers))
     axes = figure.subplots(len(carriers), 1, sharex=True, squeeze=False)[:, 0]
     for ax, carrier in zip(axes, carriers):
@@ -55,7 +56,7 @@ def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> byt
         ax.set_ylabel("lines", fontsize=8)
         ax.set_title(f"{carrier}  ({days.len():,} delivered)", fontsize=9, loc="left")
         _tidy(ax)
-    axes[-1].set_xlabel(f"days from order to delivery ({width}-day bins)")
+    axes[-1].set_xlabel(f"days from order to delivery ({edges[1]}-day bins)")
     axes[-1].set_xlim(0, edges[-1])
     figure.suptitle("Lead time by carrier, delivered lines", x=0.01, ha="left", fontsize=11)
     return _render(figure, fmt)
