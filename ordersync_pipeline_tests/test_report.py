@@ -1,5 +1,6 @@
 """`ordersync report` on a published analysts' file, in Chromium from disk; and every column we create commented."""
 
+import base64
 import datetime as dt
 import re
 
@@ -34,8 +35,20 @@ def files(tmp_path_factory):
         for _ in range(2):  # two days of backlog history, observed on time
             sim.clock.advance(days=1)
             day += dt.timedelta(days=1)
-            assert job.execute_in_process(partition_key=str(day)).success
-    return working, published
+            last_run = job.execute_in_process(partition_key=str(day))
+            assert last_run.success
+    return working, published, last_run
+
+
+@pytest.mark.parametrize("asset, key", [("delivery_lead_times", "lead_time_distribution"),
+                                        ("open_order_backlog", "backlog_chart"), ("supplier_scorecard", "scorecard_chart")])
+def test_each_chart_rides_on_its_assets_materialization_as_a_markdown_png(files, asset, key):
+    (materialization,) = [m for m in files[2].get_asset_materialization_events()
+                          if m.asset_key.path == [asset]]
+    markdown = materialization.materialization.metadata[key].value
+    found = re.fullmatch(r"!\[[^\]]+\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert found, markdown[:200]
+    assert base64.b64decode(found[1]).startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def one_value(database: str, sql: str):

@@ -160,6 +160,7 @@ def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 def backlog_chart(by_day: pl.DataFrame, fmt: charts.Format = "png") -> bytes:
+    """The backlog chart, age buckets youngest first."""
     return charts.backlog_over_time(by_day, [label for label, _, _ in AGE_BUCKETS], fmt)
 
 

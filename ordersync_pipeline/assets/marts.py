@@ -61,8 +61,8 @@ LEAD_TIME_COMMENTS = {
     ),
     "delivery_lead_time_summary": (
         "Lead-time statistics by supplier, carrier and week of order (from delivery_lead_times).",
-        {"deliveries": "Delivered lines", "mean_days": "Mean lead time (days)", "p50_days": "Median lead time (days)", "p90_days": "90th percentile (days)",
-         "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
+        {"deliveries": "Delivered lines", "mean_days": "Mean lead time (days)", "p50_days": "Median lead time (days)",
+         "p90_days": "90th percentile (days)", "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
     ),
 }
 
@@ -70,6 +70,7 @@ AGE_BUCKETS = (("0-2", 0, 2), ("3-7", 3, 7), ("8-14", 8, 14), ("15-30", 15, 30),
 AGE_BUCKET_CASE = "CASE " + " ".join(
     f"WHEN age_days <= {high} THEN '{label}'" for label, _, high in AGE_BUCKETS if high is not None
 ) + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
+AGE_BUCKET_COMMENT = f"Age in whole days: {', '.join(label for label, _, _ in AGE_BUCKETS)}"
 AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
 OPEN_ORDERS_SQL = f"""
 CREATE OR REPLACE TABLE open_orders AS
@@ -94,11 +95,11 @@ OPEN_ORDER_COMMENTS = {
         f"One row per open line (status not in {', '.join(CLOSED_STATUSES)}, case-insensitive) ordered on or "
         "before as_of_day. Statuses the docs never mention are kept and counted as open.",
         {"age_days": "Whole days from order_day to as_of_day", "as_of_day": "Partition day the table was built for",
-         "age_bucket": "0-2, 3-7, 8-14, 15-30 or 31+ days"},
+         "age_bucket": AGE_BUCKET_COMMENT},
     ),
     "open_order_summary": (
         "Open lines by supplier, status and age bucket, with the oldest order of each group.",
-        {"status": "Current status as last seen", "age_bucket": "0-2, 3-7, 8-14, 15-30 or 31+ days",
+        {"status": "Current status as last seen", "age_bucket": AGE_BUCKET_COMMENT,
          "lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date",
          "oldest_age_days": "Age of the oldest line, whole days to as_of_day",
          "as_of_day": "Partition day the table was built for"},
