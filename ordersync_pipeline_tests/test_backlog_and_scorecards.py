@@ -17,7 +17,7 @@ from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_NOW, range_tags
+from ordersync_pipeline_tests.conftest import SIM_NOW, duckdb_env, range_tags
 from ordersync_pipeline_tests.test_readme_and_cli import analyst_queries
 from ordersync_pipeline_tests.truth import expected_row
 
@@ -45,10 +45,11 @@ def table(database: str, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     database = str(tmp_path_factory.mktemp("backlog") / "ordersync.duckdb")
+    published = duckdb_env(database)["ORDERSYNC_DUCKDB_PATH"]  # every daily run publishes
     retailer = SimulatedRetailer(seed=23, orders_per_day=25)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=FIRST_DAY) as sim:
         defs = build_definitions({"ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=sim.base_url),
-                                  "warehouse": OrderSyncWarehouse(database=database)})
+                                  "warehouse": OrderSyncWarehouse(database=database, analyst_database=published)})
         seen: dict[dt.datetime, dict[str, dict]] = {}  # run moment -> every loaded line as the simulator showed it
         stuck_tables: dict[dt.datetime, set[str]] = {}
         day = SIM_NOW.date() - dt.timedelta(days=1)
