@@ -113,7 +113,8 @@ def run_demo(args: argparse.Namespace) -> int:
             return 1
         print(f"\nDone in {elapsed:.1f} s, {sum(sim.requests.values())} API requests.\n")
         print(demo_summary(database))
-        print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}")
+        print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}\n"
+              f"As one HTML page with charts: ordersync report --database {database}")
     return 0
 
 
