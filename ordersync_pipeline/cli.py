@@ -7,6 +7,7 @@
     ordersync lookup supplier-order ID [--json]  live look-up by supplier order id
     ordersync simulator [--port 8765]            serve the embedded simulator until Ctrl-C
     ordersync bench [--days 90] [--latency-ms 0] measure ingest speed and memory against baselines
+    ordersync report [--database PATH] [--output PATH]  the analysts' file as one HTML page
 """
 
 import argparse
@@ -29,6 +30,7 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, Order
 DEMO_DATABASE = "data/demo.duckdb"
 DEMO_DAGSTER_HOME = "data/dagster_home"
 INSTANCE_CONFIG = Path(__file__).parent / "deploy" / "dagster.yaml"
+WORKSPACE = Path(__file__).parent / "deploy" / "workspace.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--json", action="store_true", help="print the records as JSON")
     lookup.add_argument("--simulator", action="store_true", help="look up in a freshly started embedded simulator")
     lookup.set_defaults(run=run_lookup)
+
+    report = commands.add_parser("report", help="write the published analysts' file as one self-contained HTML page")
+    report.add_argument("--database", help="the analysts' DuckDB file, opened read-only (default ORDERSYNC_DUCKDB_PATH, "
+                                           "else data/ordersync.duckdb)")
+    report.add_argument("--output", help="HTML file to write (default beside the database: NAME-report.html)")
+    report.set_defaults(run=run_report)
 
     commands.add_parser("bench", help="measure ingest speed and memory (see: ordersync bench --help)")
 
@@ -135,7 +143,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\nDone in {elapsed:.1f} s, {sum(sim.requests.values())} API requests.\n")
         if not names:
             print(demo_summary(database))
-            print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}")
+            print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}\n"
+                  f"As one HTML page with charts: ordersync report --database {database}")
             return 0
         from ordersync_pipeline.across_retailers import across_retailers_sql, published_files_from_env
 
@@ -201,7 +210,8 @@ def demo_summary(database: str) -> str:
                                             "round(quantile_cont(lead_time_days, 0.5), 1) AS p50, "
                                             "round(quantile_cont(lead_time_days, 0.9), 1) AS p90 "
                                             "FROM delivery_lead_times GROUP BY 1 ORDER BY 1"),
-            ("Open lines by age", "SELECT age_bucket, count(*) AS lines, min(order_date) AS oldest "
+            ("Open lines by age", "SELECT age_bucket, count(*) AS lines, "
+                                  "strftime(timezone('UTC', min(order_date)), '%Y-%m-%d %H:%M:%S UTC') AS oldest "
                                   "FROM open_orders GROUP BY 1 ORDER BY min(age_days)"),
         ]
         return "\n\n".join(f"{title}:\n{conn.sql(sql).pl()}" for title, sql in sections)
@@ -212,8 +222,10 @@ def _run_dagster_ui(port: int) -> int:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "ordersync_pipeline.definitions", "-h", "127.0.0.1",
-               "-p", str(port)]
+    # `dagster dev` warns that it is superseded by `dg dev` (package dagster-dg-cli, a project layout we do not
+    # use); it is what starts webserver and daemon together in 1.13, so that one warning is silenced.
+    command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
+               "-w", str(WORKSPACE), "-h", "127.0.0.1", "-p", str(port)]
     # Ctrl-C or `kill` must reach the `finally` that stops dagster dev's process group, even when this
     # process was started in the background with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -284,6 +296,20 @@ def format_records_table(records: list) -> str:
     line = "  ".join("{:<%d}" % w for w in widths)
     return "\n".join([line.format(*LOOKUP_COLUMNS), line.format(*("-" * w for w in widths)),
                       *(line.format(*row) for row in rows)])
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ordersync_pipeline.report import ReportError, write_report
+    from ordersync_pipeline.resources import ANALYST_PATH_SETTING, DEFAULT_DUCKDB_PATH  # imports Dagster
+
+    database = args.database or os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH
+    try:
+        output = write_report(database, args.output)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Report written to {output.resolve()} (open it in a browser; it needs no network).")
+    return 0
 
 
 def _bench_main(argv: list[str]) -> int:

@@ -100,15 +100,22 @@ COMMENTS = {
     "order_status_rejects": (
         "Records the API sent that break the contract (missing id, unparseable date, wrong type, wrong day): "
         "kept with the reason and raw JSON instead of being dropped.",
-        {"order_day": "Day requested from by-date (null for refresh look-ups)", "reason": "Why it was rejected",
+        {"order_day": "Day requested from by-date (null for refresh look-ups)",
+         "order_status_id": "The record's order_status_id, if it had a usable one", "reason": "Why it was rejected",
          "raw_json": "The record exactly as received; with ORDERSYNC_PII_MODE hash or drop, customer and "
                      "customer_email are hashed/null as in order_statuses and the values of unlisted fields, "
                      "nested objects/arrays and non-object records are replaced by their type (<withheld TYPE>)",
-         "source": "Endpoint that returned it"},
+         "source": "Endpoint that returned it", "fetched_at": "When the record was fetched (UTC)"},
     ),
     "order_status_loads": (
         "One row per loaded day: what the API reported and what was stored (feeds the row-count check).",
-        {"api_total": "meta.total the API reported for the day", "rows_stored": "Rows written to order_statuses",
+        {"order_day": "The UTC order day loaded (the partition)", "api_total": "meta.total the API reported for the day",
+         "rows_stored": "Rows written to order_statuses",
+         "rejects": "Records of the day written to order_status_rejects instead",
+         "duplicates_dropped": "Extra copies of an order_status_id among the day's records (the last copy is kept)",
+         "pages_fetched": "by-date pages requested for the day, over all passes",
+         "extra_field_names": "Names of fields the API sent that the reference does not list",
+         "fetched_at": "When the day was fetched (UTC)",
          "paging_passes": "Times the day was read: more than 1 when results shifted while paging",
          "paging_duplicates": "Lines the API returned twice while paging (stored once)",
          "api_total_consistent": "False when the API's total never matched the lines it returned"},
@@ -116,13 +123,19 @@ COMMENTS = {
     "order_status_history": (
         "Each line's statuses as observed: one row per status spell, with when it was first and last seen. "
         "The API only shows the current status; this table is the only record of how a line moved.",
-        {"first_seen_at": "First observation that showed this status, on the API's clock (its HTTP Date header, "
+        {"status": "The status the line showed during this spell",
+         "first_seen_at": "First observation that showed this status, on the API's clock (its HTTP Date header, "
                            "to the second; the fetch time if it sent none). The change itself happened after the "
                            "line's previous observation and no later than this",
          "last_seen_at": "Latest observation that still showed it (same clock)",
          "is_latest": "True on the line's most recent status spell"},
     ),
 }
+
+
+# What a column means in every table that has it, unless the table's own comments say otherwise: the
+# columns marts copy from order_statuses keep its descriptions.
+SHARED_COLUMN_COMMENTS = {**COMMENTS["order_statuses"][1], "order_week": "Monday of the UTC week of order_date"}
 
 
 class WarehouseLockedError(RuntimeError):
@@ -149,12 +162,15 @@ class DayLoad:
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create the raw tables and their comments, unless they are all there already (the cheap, usual case)."""
-    present = conn.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name IN "
-        f"({', '.join(sql_string(name) for name in COMMENTS)})"
-    ).fetchall()[0][0]
-    if present == len(COMMENTS):
+    """Create the raw tables and their comments, unless they are all there already, every column commented
+    (the cheap, usual case; a file from an older version gets the comments added since)."""
+    tables = f"({', '.join(sql_string(name) for name in COMMENTS)})"
+    present, uncommented = conn.execute(
+        f"SELECT (SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name IN {tables}), "
+        f"(SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' AND table_name IN {tables} "
+        "AND comment IS NULL)"
+    ).fetchall()[0]
+    if present == len(COMMENTS) and not uncommented:
         return
     with transaction(conn):
         conn.execute(SCHEMA_SQL)
@@ -162,11 +178,20 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def apply_comments(conn: duckdb.DuckDBPyConnection, comments: dict[str, tuple[str, dict[str, str]]]) -> None:
-    """COMMENT ON the tables and columns, so DBeaver and `duckdb_columns()` explain them in the file."""
+    """COMMENT ON the tables and every column, so DBeaver, `duckdb_columns()` and the Dagster UI's column
+    table explain them: the table's own comment for a column, else SHARED_COLUMN_COMMENTS'."""
     for table, (table_comment, columns) in comments.items():
         conn.execute(f"COMMENT ON TABLE {table} IS {sql_string(table_comment)}")
-        for column, comment in columns.items():
+        unknown = set(columns)
+        for (column,) in conn.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND "
+                                      "table_name = ? ORDER BY column_index", [table]).fetchall():
+            unknown.discard(column)
+            comment = columns.get(column) or SHARED_COLUMN_COMMENTS.get(column)
+            if comment is None:
+                raise ValueError(f"column {table}.{column} has no comment: describe it beside the SQL that creates it")
             conn.execute(f"COMMENT ON COLUMN {table}.{column} IS {sql_string(comment)}")
+        if unknown:
+            raise ValueError(f"comments for columns {table} does not have: {sorted(unknown)}")
 
 
 def sql_string(text: str) -> str:

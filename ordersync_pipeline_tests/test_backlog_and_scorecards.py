@@ -45,11 +45,11 @@ def table(database: str, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     database = str(tmp_path_factory.mktemp("backlog") / "ordersync.duckdb")
+    published = duckdb_env(database)["ORDERSYNC_DUCKDB_PATH"]  # every daily run publishes
     retailer = SimulatedRetailer(seed=23, orders_per_day=25)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=FIRST_DAY) as sim:
         defs = build_definitions({"ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=sim.base_url),
-                                  "warehouse": OrderSyncWarehouse(
-                                      database=database, analyst_database=duckdb_env(database)["ORDERSYNC_DUCKDB_PATH"])})
+                                  "warehouse": OrderSyncWarehouse(database=database, analyst_database=published)})
         seen: dict[dt.datetime, dict[str, dict]] = {}  # run moment -> every loaded line as the simulator showed it
         stuck_tables: dict[dt.datetime, set[str]] = {}
         day = SIM_NOW.date() - dt.timedelta(days=1)

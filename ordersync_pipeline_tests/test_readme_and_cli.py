@@ -55,6 +55,9 @@ def test_the_demo_loads_days_builds_marts_and_prints_a_summary(demo_database):
     database, output = demo_database
     for heading in ("Rows per day", "Statuses", "Lead time by carrier", "Open lines by age", f"DuckDB file: {database}"):
         assert heading in output
+    assert "Warning" not in output  # no BetaWarning or other framework warning
+    oldest = output.split("Open lines by age")[1].split("DuckDB file")[0]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC ", oldest) and not re.search(r":\d\d\.\d", oldest)
     assert re.search(r"\[6/6\] \d{4}-\d\d-\d\d: stored \d+ lines", output)  # progress, day by day
     assert SIMULATOR_API_KEY not in output
     with duckdb.connect(str(database), read_only=True) as conn:
@@ -271,3 +274,20 @@ def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path)
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_every_way_of_starting_the_ui_names_one_code_location():
+    import tomllib
+
+    import yaml
+
+    from ordersync_pipeline.cli import WORKSPACE
+
+    def location(path: Path) -> tuple[str, str]:
+        (entry,) = yaml.safe_load(path.read_text())["load_from"]
+        return entry["python_module"]["module_name"], entry["python_module"]["location_name"]
+
+    dagster_settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]
+    assert location(ROOT / "workspace.yaml") == location(WORKSPACE) == (
+        dagster_settings["module_name"], dagster_settings["code_location_name"]) == (
+        "ordersync_pipeline.definitions", "ordersync_pipeline")

@@ -10,10 +10,12 @@ import datetime as dt
 
 import dagster as dg
 import duckdb
+import polars as pl
 from pydantic import Field
 
-from ordersync_pipeline.assets.marts import AGE_BUCKET_CASE, MART, built_as_of, rebuild
-from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
+from ordersync_pipeline import charts
+from ordersync_pipeline.assets.marts import AGE_BUCKET_CASE, AGE_BUCKETS, MART, built_as_of, rebuild
+from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import partition_days
@@ -141,12 +143,25 @@ def open_order_backlog(context: dg.AssetExecutionContext, warehouse: OrderSyncWa
                 f"open_order_backlog: kept {_span(not_written)} as it was (rows or none): the latest observation "
                 f"({observed_at}) is not from the day after, so today's statuses would misstate it")
         metadata = {**table_metadata(conn, "open_order_backlog"), **_backlog_headline(conn)}
+        chart = backlog_chart(backlog_by_day(conn))
     return dg.MaterializeResult(metadata={
         **metadata,
+        "backlog_chart": image(chart, "Open lines by day, stacked by age"),
         "day_written": str(on_time) if on_time in days else "none",
         "days_kept": len(not_written),
         "observed_at": str(observed_at),
     })
+
+
+def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """What the backlog chart draws (the asset's page and `ordersync report`): open lines per day and age bucket."""
+    return conn.sql("SELECT as_of_day, age_bucket, sum(open_lines) AS open_lines FROM open_order_backlog "
+                    "GROUP BY ALL").pl()
+
+
+def backlog_chart(by_day: pl.DataFrame, fmt: charts.Format = "png") -> bytes:
+    """The backlog chart, age buckets youngest first."""
+    return charts.backlog_over_time(by_day, [label for label, _, _ in AGE_BUCKETS], fmt)
 
 
 def _span(days: list[dt.date]) -> str:
@@ -208,13 +223,17 @@ def stuck_lines(
     })
 
 
+def longest_stuck(conn: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
+    """The stuck lines to chase first: longest in one status (the check's description and the report)."""
+    return conn.sql("SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
+                    "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}).pl()
+
+
 @dg.asset_check(asset=stuck_lines, pool=DUCKDB_WRITERS_POOL, description="open lines stuck in one status (warns, worst first)")
 def no_stuck_lines(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
         count = conn.execute("SELECT count(*) FROM stuck_lines").fetchall()[0][0]
-        worst = conn.sql(
-            "SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
-            "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT 10").pl()
+        worst = longest_stuck(conn, limit=10)
     examples = ", ".join(f"{po} ({supplier}, {status} {days} d)" for _, po, supplier, status, days, _ in worst.head(3).iter_rows())
     return dg.AssetCheckResult(
         passed=count == 0, severity=dg.AssetCheckSeverity.WARN,

@@ -8,7 +8,8 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from ordersync_pipeline.assets.metadata import markdown_table, table_metadata
+from ordersync_pipeline import charts
+from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import daily_partitions, partition_days
@@ -60,8 +61,8 @@ LEAD_TIME_COMMENTS = {
     ),
     "delivery_lead_time_summary": (
         "Lead-time statistics by supplier, carrier and week of order (from delivery_lead_times).",
-        {"deliveries": "Delivered lines", "p50_days": "Median lead time (days)", "p90_days": "90th percentile (days)",
-         "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
+        {"deliveries": "Delivered lines", "mean_days": "Mean lead time (days)", "p50_days": "Median lead time (days)",
+         "p90_days": "90th percentile (days)", "p95_days": "95th percentile (days)", "max_days": "Longest lead time (days)"},
     ),
 }
 
@@ -69,6 +70,7 @@ AGE_BUCKETS = (("0-2", 0, 2), ("3-7", 3, 7), ("8-14", 8, 14), ("15-30", 15, 30),
 AGE_BUCKET_CASE = "CASE " + " ".join(
     f"WHEN age_days <= {high} THEN '{label}'" for label, _, high in AGE_BUCKETS if high is not None
 ) + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
+AGE_BUCKET_COMMENT = f"Age in whole days: {', '.join(label for label, _, _ in AGE_BUCKETS)}"
 AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
 OPEN_ORDERS_SQL = f"""
 CREATE OR REPLACE TABLE open_orders AS
@@ -93,11 +95,14 @@ OPEN_ORDER_COMMENTS = {
         f"One row per open line (status not in {', '.join(CLOSED_STATUSES)}, case-insensitive) ordered on or "
         "before as_of_day. Statuses the docs never mention are kept and counted as open.",
         {"age_days": "Whole days from order_day to as_of_day", "as_of_day": "Partition day the table was built for",
-         "age_bucket": "0-2, 3-7, 8-14, 15-30 or 31+ days"},
+         "age_bucket": AGE_BUCKET_COMMENT},
     ),
     "open_order_summary": (
         "Open lines by supplier, status and age bucket, with the oldest order of each group.",
-        {"lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date"},
+        {"status": "Current status as last seen", "age_bucket": AGE_BUCKET_COMMENT,
+         "lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date",
+         "oldest_age_days": "Age of the oldest line, whole days to as_of_day",
+         "as_of_day": "Partition day the table was built for"},
     ),
 }
 
@@ -112,19 +117,9 @@ def rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]],
         apply_comments(conn, comments)
 
 
-LEAD_TIME_BINS = (1, 2, 3, 4, 5, 6, 7, 10, 14, 21, 30)
-
-
-def lead_time_histogram(lead_times: pl.Series) -> dg.MarkdownMetadataValue:
-    """A text bar chart of the lead-time distribution, readable in the asset's metadata panel."""
-    counts = []
-    edges = (0, *LEAD_TIME_BINS)
-    for low, high in zip(edges, (*LEAD_TIME_BINS, None)):
-        in_bin = (lead_times >= low) & (lead_times < high) if high is not None else lead_times >= low
-        counts.append((f"{low}-{high} d" if high is not None else f"{low}+ d", int(in_bin.sum())))
-    widest = max((n for _, n in counts), default=0) or 1
-    lines = [f"{label:>8} | {'█' * round(40 * n / widest):<40} {n}" for label, n in counts]
-    return dg.MetadataValue.md("Lead time (order → delivery), delivered lines:\n\n```\n" + "\n".join(lines) + "\n```")
+def lead_times_by_carrier(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """What the lead-time chart draws (the asset's page and `ordersync report`)."""
+    return conn.sql("SELECT carrier, lead_time_days FROM delivery_lead_times").pl()
 
 
 @dg.asset(deps=[order_statuses, order_status_refresh], **MART)
@@ -133,13 +128,14 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
     (count, mean, p50, p90, p95, max by supplier, carrier and week of order)."""
     with warehouse.connect() as conn:
         rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
-        lead_times = conn.sql("SELECT lead_time_days FROM delivery_lead_times").pl()["lead_time_days"]
+        by_carrier = lead_times_by_carrier(conn)
         by_supplier = conn.sql("""
             SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
                    round(quantile_cont(lead_time_days, 0.9), 2) AS p90_days
             FROM delivery_lead_times GROUP BY 1 ORDER BY 1
         """).pl()
         metadata = table_metadata(conn, "delivery_lead_times")
+    lead_times = by_carrier["lead_time_days"]
     headline = {}
     if lead_times.len():
         headline = {"mean_days": round(float(lead_times.mean()), 2),
@@ -147,7 +143,8 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
                     "p90_days": round(float(lead_times.quantile(0.9, "linear")), 2)}
     return dg.MaterializeResult(metadata={
         **metadata, **headline,
-        "lead_time_distribution": lead_time_histogram(lead_times),
+        "lead_time_distribution": image(charts.lead_time_distribution(by_carrier),
+                                        "Lead time by carrier, with p50 and p90"),
         "by_supplier": markdown_table(by_supplier),
     })
 

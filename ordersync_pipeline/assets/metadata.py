@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import dagster as dg
 import duckdb
 import polars as pl
@@ -44,3 +46,9 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
     return str(value).replace("|", "\\|")
+
+
+def image(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+    """A PNG the asset's page shows as a picture: Dagster's UI renders Markdown images, data URIs included,
+    so the chart travels inside the materialization event and needs no file server."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

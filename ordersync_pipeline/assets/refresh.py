@@ -36,7 +36,13 @@ REFRESH_LOG_COMMENTS = {
     "order_status_refreshes": (
         "One row per daily refresh: the lookback days re-read through by-date and the open older lines "
         "re-read through by-po-numbers.",
-        {"as_of_day": "Partition day of the run", "lines_updated": "Older open lines overwritten with fresh statuses",
+        {"as_of_day": "Partition day of the run", "refreshed_at": "When the refresh finished (UTC)",
+         "lookback_days": "Days before as_of_day re-read through by-date",
+         "days_refetched": "Days re-read through by-date", "lines_refetched": "Lines those days returned (re-stored)",
+         "po_numbers_requested": "PO numbers of older open lines looked up through by-po-numbers",
+         "supplier_orders_requested": "Supplier order ids looked up for open lines without a PO number",
+         "lines_returned": "Lines the look-ups returned",
+         "lines_updated": "Older open lines overwritten with fresh statuses",
          "api_requests": "HTTP requests the refresh made (retries included)"},
     )
 }

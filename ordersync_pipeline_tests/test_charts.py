@@ -1,0 +1,54 @@
+"""Charts: equal-width bins, percentiles marked where they are, images that open, the same bytes twice."""
+
+import datetime as dt
+import re
+
+import polars as pl
+import pytest
+
+from ordersync_pipeline import charts
+from ordersync_pipeline.assets.marts import AGE_BUCKETS
+
+
+@pytest.mark.parametrize("longest", [0.0, 0.4, 6.9, 13.2, 39.99, 40.0, 95.5, 1000.0])
+def test_lead_time_bins_are_equal_whole_days_and_cover_the_longest(longest):
+    edges = charts.lead_time_bin_edges(longest)
+    widths = {high - low for low, high in zip(edges, edges[1:])}
+    assert edges[0] == 0 and len(widths) == 1 and all(isinstance(e, int) for e in edges)
+    assert edges[-2] <= longest < edges[-1]
+    assert len(edges) - 1 <= charts.MAX_BINS
+    if longest < charts.MAX_BINS:
+        assert widths == {1}
+
+
+def lead_times() -> pl.DataFrame:
+    return pl.DataFrame({"carrier": ["ups"] * 11 + ["dhl"] * 4 + [None],
+                         "lead_time_days": [float(d) for d in range(11)] + [1.0, 2.0, 3.0, 30.0] + [5.0]})
+
+
+def test_the_lead_time_chart_has_a_panel_per_carrier_with_p50_and_p90_where_duckdb_puts_them():
+    svg = charts.lead_time_distribution(lead_times(), "svg").decode()
+    # ups: 0..10 -> p50 5.0, p90 9.0 (linear, as quantile_cont); dhl: 1, 2, 3, 30 -> p50 2.5, p90 21.9
+    for label in ("ups  (11 delivered)", "p50 5.0 d", "p90 9.0 d", "dhl  (4 delivered)", "p50 2.5 d", "p90 21.9 d",
+                  "(no carrier)  (1 delivered)", "1-day bins"):
+        assert label in svg
+    assert svg == charts.lead_time_distribution(lead_times(), "svg").decode()  # same data, same bytes
+
+
+def test_every_chart_renders_png_and_svg_even_without_rows():
+    backlog = pl.DataFrame({"as_of_day": [dt.date(2025, 12, 1), dt.date(2025, 12, 1), dt.date(2025, 12, 4)],
+                            "age_bucket": ["0-2", "31+", "3-7"], "open_lines": [5, 2, 7]})
+    suppliers = pl.DataFrame({"supplier": ["ping", None], "p90_lead_time_days": [9.5, None],
+                              "cancellation_rate": [0.05, 0.0]})
+    labels = [label for label, _, _ in AGE_BUCKETS]
+    drawn = [lambda fmt: charts.lead_time_distribution(lead_times(), fmt),
+             lambda fmt: charts.backlog_over_time(backlog, labels, fmt),
+             lambda fmt: charts.supplier_scorecard(suppliers, 7, fmt)]
+    empty = [lambda fmt: charts.lead_time_distribution(lead_times().clear(), fmt),
+             lambda fmt: charts.backlog_over_time(backlog.clear(), labels, fmt),
+             lambda fmt: charts.supplier_scorecard(suppliers.clear(), 7, fmt)]
+    for chart in drawn + empty:
+        assert chart("png").startswith(b"\x89PNG\r\n\x1a\n")
+        assert re.search(rb"<svg[^>]*viewBox", chart("svg"))
+    assert b"No delivered lines yet" in empty[0]("svg")
+    assert b"target 7 d" in drawn[2]("svg") and b"(no supplier)" in drawn[2]("svg")

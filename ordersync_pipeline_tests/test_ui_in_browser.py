@@ -1,0 +1,171 @@
+"""`ordersync demo --ui` clicked through in Chromium as a person would: a "Missing" backfill from the
+Materialize dialog, its completion on the backfills page, the days on the Partitions tab, the lead-time
+chart on the mart's page after the publish sensor rebuilt it; then nothing the demo started is left running."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ordersync_pipeline_tests.browser import chromium_page
+from ordersync_pipeline_tests.dagster_deployment import free_port
+
+pytestmark = pytest.mark.slow
+
+BACKFILL_DAYS = 90  # what the Materialize dialog offers: the last 90 days
+
+
+def process_tree(root: int) -> dict[int, tuple[int, str]]:
+    """pid -> (process group, start time) of `root` and everything under it, from /proc."""
+    parents, info = {}, {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(proc.name)] = int(fields[1])
+        info[int(proc.name)] = (int(fields[2]), fields[19])  # pgrp, starttime
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier.extend(children)
+    return {pid: info[pid] for pid in tree if pid in info}
+
+
+def still_running(processes: dict[int, tuple[int, str]]) -> list[str]:
+    """Those of `processes` alive now (same pid and start time), as command lines."""
+    alive = []
+    for pid, (_, started) in processes.items():
+        proc = Path(f"/proc/{pid}")
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[19] == started and fields[0] != "Z":
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                alive.append(f"{pid}: {command[:200]}")
+        except OSError:
+            continue
+    return alive
+
+
+def left_behind(folder: Path, groups: set[int]) -> list[str]:
+    """Live processes working in `folder` (everything the demo starts inherits it) or in one of `groups`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            state, _, group = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            if state != "Z" and (int(group) in groups or Path(os.readlink(proc / "cwd")) == folder):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{proc.name}: {command[:200]}")
+        except OSError:
+            continue
+    return found
+
+
+def wait_for_ui(url: str, demo: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/server_info", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert demo.poll() is None, f"ordersync demo --ui exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the Dagster UI did not come up:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+
+
+def reload_until(page, visible, timeout: float, what: str) -> None:
+    """Reload `page` until the locator `visible()` returns is visible (as a person pressing F5 would)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            visible().first.wait_for(state="visible", timeout=5000)
+            return
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError; keep reloading until the deadline
+            assert time.monotonic() < deadline, f"{what} not shown after {timeout} s"
+            page.reload()
+
+
+@pytest.mark.timeout(600)
+def test_a_person_backfills_in_the_demo_ui_sees_the_days_and_the_chart_and_stopping_leaves_nothing(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
+    with log.open("w") as output:
+        # Its own process group, as a terminal gives it; Ctrl-C is SIGINT to that group.
+        demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", str(port),
+                                 "--orders-per-day", "40"], cwd=tmp_path, env=env, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    started: dict[int, tuple[int, str]] = {}
+    try:
+        wait_for_ui(url, demo, log)
+        with chromium_page(tmp_path / "screenshots") as steps:
+            page = steps.page
+            page.goto(f"{url}/assets/order_statuses")
+            page.get_by_role("button", name="Skip").click(timeout=60_000)  # "Join the Dagster community"
+            steps.shot("order_statuses")
+            # One code location name however the UI is started (workspace.yaml names it ordersync_pipeline).
+            page.locator("a[href='/locations/ordersync_pipeline/jobs/daily_order_sync']").first.wait_for()
+
+            page.get_by_role("button", name="Materialize…").click()
+            page.get_by_role("button", name="Missing", exact=True).click()
+            page.get_by_text(f"{BACKFILL_DAYS} partitions", exact=True).first.wait_for()
+            steps.shot("materialize-missing")
+            page.get_by_role("button", name="Launch backfill").click()
+            page.get_by_role("button", name="Launch backfill").wait_for(state="detached")
+            steps.shot("launched")
+
+            page.goto(f"{url}/overview/backfills")
+            page.get_by_text(f"{BACKFILL_DAYS} partitions", exact=True).first.wait_for()
+            started = process_tree(demo.pid)  # dagster dev, webserver, daemon, code servers, the backfill's run
+            reload_until(page, lambda: page.get_by_text("Success", exact=True), 300, "the backfill's Success")
+            steps.shot("backfill-completed")
+
+            page.goto(f"{url}/assets/order_statuses?view=partitions")
+            page.get_by_text(f"Materialized ({BACKFILL_DAYS})", exact=True).wait_for()
+            assert page.get_by_text("Failed (0)", exact=True).is_visible()
+            steps.shot("partitions")
+
+            # The publish sensor (about a 30 s tick) rebuilds the marts after the backfill.
+            page.goto(f"{url}/assets/delivery_lead_times")
+            chart_row = page.locator("tr").filter(has_text="lead_time_distribution")
+            reload_until(page, lambda: chart_row, 240, "delivery_lead_times' lead_time_distribution")
+            chart_row.get_by_text("[Show Markdown]").click()  # Dagster shows long Markdown in a dialog
+            chart = page.get_by_role("dialog").get_by_role("img", name="Lead time by carrier, with p50 and p90")
+            chart.wait_for()
+            steps.shot("lead-time-chart")
+            width, height = chart.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+            assert width > 0 and height > 0, "the chart image did not load"
+            assert chart.bounding_box()["width"] > 300
+        started.update(process_tree(demo.pid))
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            demo.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.pid, signal.SIGKILL)
+            raise
+    groups = {group for group, _ in started.values()}  # the demo's, and dagster dev's own
+    deadline = time.monotonic() + 30
+    while (still_running(started) or left_behind(tmp_path, groups)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(started) >= 4 and len(groups) >= 2  # the demo, dagster dev, its webserver and daemon at least
+    assert still_running(started) == []
+    assert left_behind(tmp_path, groups) == []
+    output = log.read_text()
+    assert "Warning" not in output, output[-3000:]  # no BetaWarning, SupersessionWarning, ...
+    compute_logs = list((tmp_path / "data" / "dagster_home" / "storage").rglob("*.err"))
+    assert compute_logs and not [p for p in compute_logs if "Warning" in p.read_text()]
