@@ -1,8 +1,12 @@
-"""Backfills launched through the GraphQL API the Dagster UI uses, run by a real webserver and daemon."""
+"""Backfills launched through the GraphQL API the Dagster UI uses, run by a real webserver and daemon, while an
+analyst keeps a session open on the published file: analysts and the pipeline never block each other."""
 
 import datetime as dt
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import dagster as dg
 import duckdb
@@ -21,6 +25,12 @@ pytestmark = pytest.mark.slow
 
 def days(first: dt.date, count: int) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def ask(analyst: subprocess.Popen, command: str) -> dict:
+    analyst.stdin.write(command + "\n")
+    analyst.stdin.flush()
+    return json.loads(analyst.stdout.readline())
 
 
 def max_overlap(runs: list[dict]) -> int:
@@ -53,12 +63,13 @@ def pool_blocked_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list
             if event.user_message == f"Step blocked by limit for pool {DUCKDB_WRITERS_POOL}"]
 
 
-@pytest.mark.timeout(1200)  # ~4 min on a quiet 2-core machine; far longer while it is loaded
-def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_path):
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; far longer while it is loaded
+def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures_while_an_analyst_stays(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")  # the pool limit the product ships
     database = str(tmp_path / "ordersync.duckdb")
+    published = duckdb_env(database)["ORDERSYNC_DUCKDB_PATH"]
     retailer = SimulatedRetailer(seed=21, orders_per_day=25)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
         env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
@@ -70,25 +81,57 @@ def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures(tmp_pat
                 "partitions": {"range": {"start": "2025-11-01", "end": "2025-11-07"}}}]})
             assert ui.wait_for_backfill(week, timeout=300) == "COMPLETED_SUCCESS"
             assert len(ui.backfill_runs(week)) == 1
-            assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 11, 7)))
+            week_truth = sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 11, 7))
+            assert_table_equals_truth(database, week_truth)
+            # The daemon's sensor then publishes the analysts' file (checks again, marts, analyst_database).
+            (week_run,) = ui.backfill_runs(week)
+            publish = ui.wait_for_runs(("ordersync/published_after_run", week_run["runId"]), 1, timeout=240)
+            assert [r["status"] for r in publish] == ["SUCCESS"]
+            assert_table_equals_truth(published, week_truth)
 
-            # 2. 30 days launched as 30 separate runs of daily_order_sync (what the UI's partition launcher,
-            # or schedule catch-up, does): several in flight, all writing one DuckDB file.
-            for day in days(dt.date(2025, 11, 8), 30):
-                ui.launch_partition_run("daily_order_sync", day, {"test": "thirty-runs"})
-            runs = ui.wait_for_runs(("test", "thirty-runs"), count=30, timeout=900)
-            failed = [r["runId"] for r in runs if r["status"] != "SUCCESS"]
-            assert not failed, f"{len(failed)} runs failed; logs in {home}"
-            assert max_overlap(runs) > 1, "expected several runs in flight at once"
+            # 2. An analyst opens the published file, starts a transaction and a long query, and stays.
+            analyst = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline_tests.analyst_session", published],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                seen_first = json.loads(analyst.stdout.readline())
+                assert (seen_first["last_day"], seen_first["days"]) == ("2025-11-07", 7)
+
+                # 3. 30 days launched as 30 separate runs of daily_order_sync (what the UI's partition launcher,
+                # or schedule catch-up, does): several in flight, all writing one working file, all publishing.
+                for day in days(dt.date(2025, 11, 8), 30):
+                    ui.launch_partition_run("daily_order_sync", day, {"test": "thirty-runs"})
+                runs = ui.wait_for_runs(("test", "thirty-runs"), count=30, timeout=1200)
+                failed = [r["runId"] for r in runs if r["status"] != "SUCCESS"]
+                assert not failed, f"{len(failed)} runs failed; logs in {home}"
+                assert max_overlap(runs) > 1, "expected several runs in flight at once"
+                # The held session still answers from the snapshot it opened, consistently, even the rows of
+                # the query it held open across 30 publishes.
+                assert ask(analyst, "ask") == seen_first
+                finished = ask(analyst, "finish")
+                assert {k: finished[k] for k in seen_first} == seen_first
+                assert finished["rows_read"] == seen_first["lines"]
+            finally:
+                analyst.kill()
+                analyst.wait(timeout=30)
         daemon_log = (home / "daemon.log").read_text()
         assert "Could not set lock" not in daemon_log
-        assert_table_equals_truth(database, sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 12, 7)))
+        truth = sim.records_for_days(dt.date(2025, 11, 1), dt.date(2025, 12, 7))
+        assert_table_equals_truth(database, truth)
+        # A new session sees the latest snapshot, equal to the truth; nothing is left beside it.
+        assert_table_equals_truth(published, truth)
+        with duckdb.connect(published, read_only=True) as conn:
+            assert conn.execute("SELECT first_order_day, last_order_day FROM published_snapshot").fetchall() == [
+                (dt.date(2025, 11, 1), dt.date(2025, 12, 7))]
+        assert os.listdir(os.path.dirname(published)) == ["ordersync.duckdb"]
 
         # Success alone would not show the pool at work (a run's lock wait could absorb the contention):
         # Dagster must have held steps back for the pool, and no two runs' DuckDB steps should overlap in time.
         instance = dg.DagsterInstance.from_config(str(home))
         run_ids = [r["runId"] for r in runs]
         assert pool_blocked_steps(instance, run_ids), "no step was ever held back by the pool"
+        # Analysts never hold the working file, so no run waited on DuckDB's lock.
+        assert [e.user_message for run_id in run_ids for e in instance.all_logs(run_id)
+                if "DuckDB file locked" in e.user_message] == []
         steps = duckdb_step_intervals(instance, run_ids)
         assert len(steps) >= 30 * 4  # the four assets of each run, at least
         overlapping = [(a, b) for a, b in zip(steps, steps[1:]) if b[0] < a[1]]
