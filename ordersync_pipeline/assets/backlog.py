@@ -14,7 +14,7 @@ import polars as pl
 from pydantic import Field
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import AGE_BUCKET_CASE, AGE_BUCKETS, MART, built_as_of, rebuild
+from ordersync_pipeline.assets.marts import AGE_BUCKET_CASE, AGE_BUCKETS, MART, built_as_of, rebuild, seconds_between
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
@@ -79,16 +79,17 @@ class StuckLinesConfig(dg.Config):
     )
 
 
+_SECONDS_IN_STATUS = seconds_between("h.last_seen_at", "h.first_seen_at")
 STUCK_LINES_SQL = f"""
 CREATE OR REPLACE TABLE stuck_lines AS
 SELECT s.order_status_id, s.po_number, s.supplier, s.status,
        h.first_seen_at AS status_since, h.last_seen_at,
-       CAST(floor(epoch(h.last_seen_at - h.first_seen_at) / 86400) AS INTEGER) AS days_in_status,
+       CAST(floor({_SECONDS_IN_STATUS} / 86400) AS INTEGER) AS days_in_status,
        s.order_date, $as_of::DATE AS as_of_day
 FROM order_statuses AS s
 JOIN order_status_history AS h ON h.order_status_id = s.order_status_id AND h.is_latest
 WHERE {is_open_sql("s.status")} AND s.order_day <= $as_of::DATE
-  AND epoch(h.last_seen_at - h.first_seen_at) >= $stuck_after_days * 86400
+  AND {_SECONDS_IN_STATUS} >= $stuck_after_days * 86400
 """
 
 

@@ -25,9 +25,19 @@ MART = dict(
     group_name="marts",
 )
 
+
+def seconds_between(later: str, earlier: str) -> str:
+    """SQL for epoch(later - earlier) of two TIMESTAMPTZ in a UTC session, to the same double (whole days
+    plus the remaining microseconds, added as epoch() adds an interval's parts), from the stored microseconds:
+    ICU's TIMESTAMPTZ subtraction costs about a microsecond a row, seconds over ten million lines."""
+    micros = f"(epoch_us({later}) - epoch_us({earlier}))"
+    return f"({micros} // 86400000000 * 86400 + {micros} % 86400000000 / 1e6)"
+
+
 # Shared by every mart that speaks of lead times, so "delivered" and "lead time" mean one thing everywhere.
-LEAD_TIME_DAYS = "epoch(delivery_date - order_date) / 86400.0"
-ORDER_WEEK = "CAST(date_trunc('week', timezone('UTC', order_date)) AS DATE)"
+LEAD_TIME_DAYS = f"{seconds_between('delivery_date', 'order_date')} / 86400.0"
+# make_timestamp(epoch_us(x)) is timezone('UTC', x) without ICU's per-row cost.
+ORDER_WEEK = "CAST(date_trunc('week', CAST(make_timestamp(epoch_us(order_date)) AS DATE)) AS DATE)"
 IS_DELIVERED = "lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date"
 DELIVERY_LEAD_TIMES_SQL = f"""
 CREATE OR REPLACE TABLE delivery_lead_times AS

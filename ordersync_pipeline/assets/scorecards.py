@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import IS_DELIVERED, LEAD_TIME_DAYS, MART, ORDER_WEEK, rebuild
+from ordersync_pipeline.assets.marts import IS_DELIVERED, LEAD_TIME_DAYS, MART, ORDER_WEEK, rebuild, seconds_between
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
@@ -21,20 +21,27 @@ from ordersync_pipeline.sync import is_open_sql
 _STATUS = "lower(trim(coalesce(status, '')))"
 _WITH_CARRIER = f"{_STATUS} IN ('shipped', 'in_transit')"
 _BEFORE_CARRIER = f"{_STATUS} NOT IN ('shipped', 'in_transit', 'delivered', 'cancelled')"
-# One row per line from history: when first observed, whether ever seen backordered, and the two
-# observations around the hand-over to the carrier (last seen before it, first seen with the carrier).
+# One row per line from history: when first observed and whether ever seen backordered.
 LINE_OBSERVATIONS_SQL = f"""
+SELECT order_status_id, min(first_seen_at) AS first_seen_at, bool_or({_STATUS} = 'backordered') AS ever_backordered
+FROM order_status_history
+GROUP BY order_status_id
+"""
+# One row per delivered line from history: the two observations around the hand-over to the carrier (last
+# seen before it, first seen with the carrier). Only delivered lines' spells that feed one of the two are
+# grouped (a semi-join first), not every spell of every line.
+HANDOVER_OBSERVATIONS_SQL = f"""
 SELECT order_status_id,
-       min(first_seen_at) AS first_seen_at,
-       bool_or({_STATUS} = 'backordered') AS ever_backordered,
        max(last_seen_at) FILTER (WHERE {_BEFORE_CARRIER}) AS last_seen_before_carrier,
        min(first_seen_at) FILTER (WHERE {_WITH_CARRIER}) AS first_seen_with_carrier
 FROM order_status_history
+WHERE ({_BEFORE_CARRIER} OR {_WITH_CARRIER})
+  AND order_status_id IN (SELECT order_status_id FROM order_statuses WHERE {IS_DELIVERED})
 GROUP BY order_status_id
 """
 # Observed from its order: first seen by the end of the UTC day after its order day, as the daily run
 # sees every new line. Earlier statuses of lines first seen later (a backfill) are unknown.
-_FULLY_OBSERVED = "o.first_seen_at IS NOT NULL AND timezone('UTC', o.first_seen_at) < s.order_day + 2"
+_FULLY_OBSERVED = "o.first_seen_at IS NOT NULL AND make_timestamp(epoch_us(o.first_seen_at)) < s.order_day + 2"
 
 
 def default_delivery_target_days() -> int:
@@ -110,13 +117,15 @@ SELECT carrier, order_week,
        sum(transit_days_max) / sum(lead_time_days) FILTER (WHERE transit_days_min IS NOT NULL)
            AS transit_share_of_lead_time_max
 FROM (
-    SELECT s.carrier, {ORDER_WEEK} AS order_week, {LEAD_TIME_DAYS} AS lead_time_days, bracketed,
-           CASE WHEN bracketed THEN epoch(s.delivery_date - o.first_seen_with_carrier) / 86400.0 END AS transit_days_min,
-           CASE WHEN bracketed THEN epoch(s.delivery_date - o.last_seen_before_carrier) / 86400.0 END AS transit_days_max
+    SELECT s.carrier, {ORDER_WEEK} AS order_week, {LEAD_TIME_DAYS} AS lead_time_days,
+           o.last_seen_before_carrier < o.first_seen_with_carrier AND o.first_seen_with_carrier <= s.delivery_date
+               AS bracketed,
+           CASE WHEN bracketed THEN {seconds_between('s.delivery_date', 'o.first_seen_with_carrier')} / 86400.0 END
+               AS transit_days_min,
+           CASE WHEN bracketed THEN {seconds_between('s.delivery_date', 'o.last_seen_before_carrier')} / 86400.0 END
+               AS transit_days_max
     FROM order_statuses AS s
-    LEFT JOIN ({LINE_OBSERVATIONS_SQL}) AS o USING (order_status_id),
-    LATERAL (SELECT o.last_seen_before_carrier < o.first_seen_with_carrier
-                    AND o.first_seen_with_carrier <= s.delivery_date AS bracketed)
+    LEFT JOIN ({HANDOVER_OBSERVATIONS_SQL}) AS o USING (order_status_id)
     WHERE {IS_DELIVERED}
 )
 GROUP BY carrier, order_week
