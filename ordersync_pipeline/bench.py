@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -205,15 +206,27 @@ def _cpu_seconds() -> float:
 
 
 def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> Run:
-    """Download and parse every page, nothing else: the speed limit the API and this machine set."""
+    """Download and parse every page, nothing else: the speed limit the API and this machine set.
+
+    One httpx client per thread: a client shared by 8 threads sometimes read from a connection another
+    thread had just closed (EBADF) on a loaded machine.
+    """
     started, cpu = time.monotonic(), _cpu_seconds()
-    with httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=60,
-                      limits=httpx.Limits(max_connections=threads + 2)) as http:
-        if threads == 1:
-            counts = [len(_read_day(http, day)) for day in _days(first, last)]
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                counts = [len(r) for r in pool.map(lambda d: _read_day(http, d), _days(first, last))]
+    clients: list[httpx.Client] = []
+    local = threading.local()
+
+    def read_day(day: dt.date) -> int:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=120)
+            clients.append(local.http)
+        return len(_read_day(local.http, day))
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            counts = list(pool.map(read_day, _days(first, last)))
+    finally:
+        for client in clients:
+            client.close()
     return Run(time.monotonic() - started, _cpu_seconds() - cpu, None, sum(counts))
 
 
