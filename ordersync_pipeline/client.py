@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from ordersync_pipeline.records import decode_body, record_id as _record_id
+from ordersync_pipeline.records import as_json_value, decode_body, record_id as _record_id
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
@@ -427,10 +427,11 @@ class OrderSyncClient:
         return pages
 
     def _collect_pages(self, method: str, path: str, body: Any = None) -> list[Any]:
-        """Records of every page of a look-up endpoint (they are rarely more than one page)."""
+        """Records of every page of a look-up endpoint (they are rarely more than one page), as the JSON values
+        the API sent: callers (the CLI's look-up, the refresh) print and normalise them as such."""
         records: list[Any] = []
         for page in self._iter_pages(method, path, body):
-            records.extend(page.records)
+            records.extend(map(as_json_value, page.records))
         return records
 
     def _iter_pages(self, method: str, path: str, body: Any) -> Iterator[Page]:

@@ -116,3 +116,14 @@ def test_long_ranges_are_sliced_per_page_like_the_whole_list():
         everything = sim.served_records_for_days(first, last)
         for offset, limit in ((0, 100), (150, 100), (len(everything) - 30, 100), (len(everything) + 5, 10)):
             assert sim.served_page(first, last, offset, limit) == (everything[offset : offset + limit], len(everything))
+
+
+def test_look_ups_still_return_the_json_objects_the_api_sent(simulator):
+    from ordersync_pipeline.client import OrderSyncClient
+
+    record = simulator.records_for_day(dt.date(2025, 12, 3))[0]
+    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url) as client:
+        by_po = client.get_by_po(record["po_number"])
+        bulk = client.get_by_po_numbers([record["po_number"]])
+    assert by_po == bulk == simulator.records_for_po(record["po_number"])
+    assert all(type(line) is dict for line in by_po)  # printable as JSON by `ordersync lookup --json`
