@@ -1,38 +1,62 @@
 """`ordersync bench`: ingest speed and memory against the simulator, every figure against baselines
 measured in the same run on the same data. Prints figures; asserts nothing.
 
-    ordersync bench --days 365 --orders-per-day 1000 --latency-ms 0 --repeat 3
+    ordersync bench --days 365 --orders-per-day 1000 --latency-ms 0 --repeat 3 --pre-encoded
     ordersync bench --days 90 --latency-ms 20
+    ordersync bench --days 90 --rss-days 90 365 730 --repeat 1 --skip naive marts daily dlt
 
 Measured, each the median of --repeat runs:
-- raw-fetch limit: a bare httpx client that only downloads and parses every page, sequential and with
-  8 days in flight; the faster one is the limit the pipeline is compared with;
+- raw-fetch limit: a bare httpx client that only downloads and parses every page (msgspec, to Python
+  objects), sequential and with 8 days in flight; the faster one is the limit the pipeline is compared
+  with; its CPU per line is the client's own cost;
 - pipeline: `dagster asset materialize --select order_statuses --partition-range` as its own process
-  (whole-process wall, Dagster's start-up included; peak RSS of that process);
+  (whole-process wall, Dagster's start-up included; peak RSS of that process; CPU per stored line =
+  user+sys CPU minus that of a one-day run, divided by the lines);
+- fixed cost: the same command for one day (wall, CPU, peak RSS);
+- peak RSS by range (--rss-days): the pipeline over each range, to show memory does not grow with it;
+- dlt: the best-tuned dlt `rest_api` pipeline on the same data (bench_dlt.py; needs the `bench` extra);
 - naive baseline: sequential paging and row-by-row `executemany` inserts, over --naive-days days;
 - marts: each mart's SQL over a synthetic table of --mart-lines lines (and two history spells per line);
 - the daily job: one partition with the default 14-day lookback and the open-line refresh.
+
+--pre-encoded makes the simulator serve every by-date page from bytes encoded once (its clock frozen), so
+the server is not the bottleneck and the raw-fetch limit reflects the client alone.
 """
 
 import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import httpx
+import msgspec
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline.snapshots import DEFAULT_STORAGE_VERSION, default_working_path, publish, storage_config
 
 RAW_THREADS = 8
+PARTS = ("naive", "marts", "daily", "dlt", "fixed")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured process (or in-process fetch): wall and CPU seconds, peak RSS in MB (None: not measured)."""
+
+    wall: float
+    cpu: float
+    rss: float | None = None
+    lines: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,40 +65,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders-per-day", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="latency the simulator adds per request")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pre-encoded", action="store_true", help="the simulator serves pages encoded once")
+    parser.add_argument("--rss-days", type=int, nargs="*", default=[],
+                        help="also run the pipeline over each of these ranges (ending yesterday) for its peak RSS")
     parser.add_argument("--naive-days", type=int, default=3, help="days the (slow) naive baseline loads")
     parser.add_argument("--mart-lines", type=int, default=10_000_000)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "marts", "daily"], help="parts to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts to leave out")
+    parser.add_argument("--compare-with", metavar="CHECKOUT",
+                        help="also run the pipeline (range and --rss-days) from another checkout of this project, "
+                             "e.g. the main branch, for before/after figures measured in the same run")
     args = parser.parse_args(argv)
 
     today = dt.datetime.now(dt.timezone.utc).date()
     first, last = today - dt.timedelta(days=args.days), today - dt.timedelta(days=1)
-    with simulator_process(args) as base_url, tempfile.TemporaryDirectory() as workdir:
-        print(f"simulator {base_url}: {args.days} days x {args.orders_per_day} orders/day, "
-              f"{args.latency_ms:g} ms latency; warming up (generating every day once)...", flush=True)
-        lines = raw_fetch(base_url, first, last, threads=RAW_THREADS)[1]
-        rows: list[tuple[str, float, int, float | None]] = []  # (what, wall s, lines, peak RSS MB)
-
+    history_days = max([args.days, *args.rss_days])
+    with simulator_process(args, history_days) as base_url, tempfile.TemporaryDirectory() as workdir:
+        print(f"simulator {base_url}: {args.days} days x {args.orders_per_day} orders/day, {args.latency_ms:g} ms "
+              f"latency{', pre-encoded pages' if args.pre_encoded else ''}; warming up (every day once)...", flush=True)
+        raw_fetch(base_url, today - dt.timedelta(days=history_days), last, threads=RAW_THREADS)
+        rows: list[tuple[str, Run]] = []
         for threads, label in ((1, "raw fetch, sequential"), (RAW_THREADS, f"raw fetch, {RAW_THREADS} days in flight")):
-            walls = [raw_fetch(base_url, first, last, threads)[0] for _ in range(args.repeat)]
-            rows.append((label, statistics.median(walls), lines, None))
-        limit = min(rows[0][1], rows[1][1])
+            rows.append((label, median_run([raw_fetch(base_url, first, last, threads) for _ in range(args.repeat)])))
+        limit = min(rows[0][1], rows[1][1], key=lambda run: run.wall)
+        lines = limit.lines
 
+        fixed = None
+        if "fixed" not in args.skip:
+            fixed = pipeline_run(base_url, last, last, Path(workdir) / "one-day.duckdb")
+            rows.append(("fixed cost: pipeline for one day", fixed))
         runs = [pipeline_run(base_url, first, last, Path(workdir) / f"p{i}.duckdb") for i in range(args.repeat)]
-        rows.append(("pipeline (one Dagster run, whole process)", statistics.median(r[0] for r in runs), lines,
-                     max(r[1] for r in runs)))
-
+        pipeline = median_run(runs, rss=max(run.rss for run in runs))
+        rows.append(("pipeline (one Dagster run, whole process)", pipeline))
+        if args.compare_with:
+            before = [pipeline_run(base_url, first, last, Path(workdir) / f"b{i}.duckdb", args.compare_with)
+                      for i in range(args.repeat)]
+            rows.append(("pipeline from --compare-with (before)", median_run(before, rss=max(r.rss for r in before))))
+        if "dlt" not in args.skip:
+            dlt = dlt_run(base_url, first, last, Path(workdir) / "dlt")
+            if dlt is not None:
+                rows.append(("dlt rest_api, best-tuned (one run, whole process)", dlt))
         if "naive" not in args.skip:
             naive_last = first + dt.timedelta(days=min(args.naive_days, args.days) - 1)
             wall, naive_lines = naive_baseline(base_url, first, naive_last, Path(workdir) / "naive.duckdb")
-            rows.append((f"naive baseline ({naive_lines} lines, scaled to the range)", wall * lines / naive_lines,
-                         lines, None))
+            scale = lines / naive_lines
+            rows.append((f"naive baseline ({naive_lines} lines, scaled)", Run(wall * scale, float("nan"), None, lines)))
 
-        print(f"\n{'measure':<50} {'wall s':>9} {'lines/s':>10} {'x raw limit':>12} {'peak RSS MB':>12}")
-        for what, wall, count, rss in rows:
-            rss_text = f"{rss:,.0f}" if rss else "-"
-            print(f"{what:<50} {wall:>9.2f} {count / wall:>10,.0f} {wall / limit:>12.2f} {rss_text:>12}")
-        if "naive" not in args.skip:
-            print(f"pipeline is {rows[3][1] / rows[2][1]:.1f}x faster than the naive baseline")
+        print(f"\n{'measure':<52} {'wall s':>8} {'lines/s':>10} {'x raw limit':>12} {'CPU us/line':>12} "
+              f"{'peak RSS MB':>12}")
+        for what, run in rows:
+            print(f"{what:<52} {run.wall:>8.2f} {_per_second(run):>10} {run.wall / limit.wall:>12.2f} "
+                  f"{_cpu_per_line(run, fixed, what):>12} {f'{run.rss:,.0f}' if run.rss else '-':>12}")
+        for name, label in (("dlt rest_api", "the best-tuned dlt"), ("naive baseline", "the naive baseline")):
+            other = next((run for what, run in rows if what.startswith(name)), None)
+            if other is not None:
+                print(f"{label} took {other.wall / pipeline.wall:.2f}x the pipeline's time")
+        if "fixed" not in args.skip:
+            print(f"pipeline minus the one-day fixed cost: {(pipeline.wall - fixed.wall) / limit.wall:.2f}x the raw limit")
+
+        if args.rss_days:
+            print(f"\n{'pipeline over':<20} {'lines':>10} {'wall s':>8} {'x raw limit/line':>17} {'CPU us/line':>12} "
+                  f"{'peak RSS MB':>12}")
+            for days in args.rss_days:
+                for label, checkout in (("", None), (" (before)", args.compare_with)):
+                    if label and not checkout:
+                        continue
+                    run = pipeline_run(base_url, today - dt.timedelta(days=days), last,
+                                       Path(workdir) / f"rss{days}{label.strip(' ()')}.duckdb", checkout)
+                    print(f"{f'{days} days{label}':<20} {run.lines:>10,} {run.wall:>8.2f} "
+                          f"{run.wall / (limit.wall * run.lines / lines):>17.2f} "
+                          f"{_cpu_per_line(run, fixed, 'pipeline'):>12} {run.rss:>12,.0f}", flush=True)
 
         if "daily" not in args.skip:
             requests, wall = daily_job(base_url, last, Path(workdir) / "p0.duckdb")
@@ -88,13 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def median_run(runs: list[Run], rss: float | None = None) -> Run:
+    return Run(statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs), rss, runs[0].lines)
+
+
+def _per_second(run: Run) -> str:
+    return f"{run.lines / run.wall:,.0f}" if run.lines else "-"
+
+
+def _cpu_per_line(run: Run, fixed: Run | None, what: str) -> str:
+    """Raw fetches: CPU / lines. Pipeline runs: (CPU - the one-day run's CPU) / lines. Others: not measured."""
+    if not run.lines or run.cpu != run.cpu or what.startswith("fixed"):
+        return "-"
+    if what.startswith("pipeline"):
+        if fixed is None:
+            return "-"
+        return f"{(run.cpu - fixed.cpu) / run.lines * 1e6:.1f}"
+    return f"{run.cpu / run.lines * 1e6:.1f}"
+
+
 class simulator_process:
     """`ordersync simulator` in its own process, so it does not share the benchmark's CPU time (GIL)."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, history_days: int):
         self.command = [sys.executable, "-m", "ordersync_pipeline.cli", "simulator", "--port", "0",
-                        "--orders-per-day", str(args.orders_per_day), "--days", str(args.days + 1),
-                        "--latency-ms", str(args.latency_ms)]
+                        "--orders-per-day", str(args.orders_per_day), "--days", str(history_days + 1),
+                        "--latency-ms", str(args.latency_ms), *(["--pre-encoded"] if args.pre_encoded else [])]
 
     def __enter__(self) -> str:
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
@@ -117,31 +195,50 @@ def _read_day(http: httpx.Client, day: dt.date) -> list[dict]:
     records, page = [], 1
     while True:
         response = http.get("/api/v1/orders/by-date", params={"start_date": str(day), "page": page, "limit": 100})
-        body = response.json()
+        body = msgspec.json.decode(response.content)
         records.extend(body["data"])
         if not body["meta"]["has_more"]:
             return records
         page += 1
 
 
-def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> tuple[float, int]:
-    """Download and parse every page, nothing else: the speed limit the API and this machine set."""
-    started = time.monotonic()
-    with httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=60,
-                      limits=httpx.Limits(max_connections=threads + 2)) as http:
-        if threads == 1:
-            counts = [len(_read_day(http, day)) for day in _days(first, last)]
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                counts = [len(r) for r in pool.map(lambda d: _read_day(http, d), _days(first, last))]
-    return time.monotonic() - started, sum(counts)
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path) -> tuple[float, float]:
-    """The README's range command as its own process: (wall seconds, peak RSS MB)."""
+def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> Run:
+    """Download and parse every page, nothing else: the speed limit the API and this machine set.
+
+    One httpx client per thread: a client shared by 8 threads sometimes read from a connection another
+    thread had just closed (EBADF) on a loaded machine.
+    """
+    started, cpu = time.monotonic(), _cpu_seconds()
+    clients: list[httpx.Client] = []
+    local = threading.local()
+
+    def read_day(day: dt.date) -> int:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(base_url=base_url, headers={"X-API-Key": SIMULATOR_API_KEY}, timeout=120)
+            clients.append(local.http)
+        return len(_read_day(local.http, day))
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            counts = list(pool.map(read_day, _days(first, last)))
+    finally:
+        for client in clients:
+            client.close()
+    return Run(time.monotonic() - started, _cpu_seconds() - cpu, None, sum(counts))
+
+
+def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, checkout: str | None = None) -> Run:
+    """The README's range command as its own process (from `checkout` if given): wall, CPU, peak RSS, lines."""
     env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": base_url,
            "ORDERSYNC_DUCKDB_PATH": str(database), "ORDERSYNC_START_DATE": str(min(first, dt.date(2025, 1, 1)))}
     env.pop("DAGSTER_HOME", None)
+    if checkout:
+        env["PYTHONPATH"] = str(Path(checkout).resolve())
     log = database.with_suffix(".log")
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
         started = time.monotonic()
@@ -149,11 +246,32 @@ def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path) -
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "ordersync_pipeline.definitions",
              "--select", "order_statuses", "--partition-range", f"{first}...{last}"],
             env=env, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)  # rusage of this process alone: its peak RSS
+        _, status, usage = os.wait4(process.pid, 0)  # rusage of this process alone: its CPU and peak RSS
         wall = time.monotonic() - started
     if status != 0:
         raise SystemExit(f"pipeline run failed:\n{log.read_text()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    with duckdb.connect(default_working_path(str(database)), read_only=True) as conn:
+        lines = conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, lines)
+
+
+def dlt_run(base_url: str, first: dt.date, last: dt.date, work_dir: Path) -> Run | None:
+    """bench_dlt.py as its own process (CPU and RSS of its main process), or None when dlt is not installed."""
+    work_dir.mkdir()
+    output, errors = work_dir / "out.txt", work_dir / "err.txt"
+    with output.open("w") as out, errors.open("w") as err:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ordersync_pipeline.bench_dlt", base_url, str(first), str(last),
+             str(work_dir / "dlt.duckdb"), str(work_dir)], stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) == 3:
+        print(f"dlt left out: {errors.read_text().strip()}")
+        return None
+    if status != 0:
+        raise SystemExit(f"dlt run failed:\n{errors.read_text()[-3000:]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, int(output.read_text().split()[-1]))
 
 
 def naive_baseline(base_url: str, first: dt.date, last: dt.date, database: Path) -> tuple[float, int]:

@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     simulator.add_argument("--days", type=int, default=60, help="days of history before today")
     simulator.add_argument("--faults", choices=("none", "heavy"), default="none", help="inject API failures")
     simulator.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
+    simulator.add_argument("--pre-encoded", action="store_true",
+                           help="freeze the clock and serve each by-date page from bytes encoded once (benchmarks)")
     simulator.set_defaults(run=run_simulator)
     return parser
 
@@ -324,7 +326,8 @@ def run_simulator(args: argparse.Namespace) -> int:
     faults.latency_seconds = args.latency_ms / 1000
     today = dt.datetime.now(dt.timezone.utc).date()
     retailer = SimulatedRetailer(seed=args.seed, orders_per_day=args.orders_per_day)
-    with OrderSyncSimulator(retailer, first_day=today - dt.timedelta(days=args.days), faults=faults, port=args.port) as sim:
+    with OrderSyncSimulator(retailer, first_day=today - dt.timedelta(days=args.days), faults=faults, port=args.port,
+                            pre_encoded=args.pre_encoded) as sim:
         print(f"OrderSync simulator on {sim.base_url}\n  export ORDERSYNC_BASE_URL={sim.base_url}\n"
               f"  export ORDERSYNC_API_KEY={SIMULATOR_API_KEY}\nCtrl-C to stop.", flush=True)
         try:

@@ -1,7 +1,8 @@
 """OrderSync Order Status API client: the four endpoints, paging, retries and typed errors.
 
-Plain Python + httpx; knows nothing of Dagster. Records are returned as the raw JSON objects the API
-sent (dicts), so that normalisation sees exactly what arrived, surprises included.
+Plain Python + httpx; knows nothing of Dagster. Bodies are decoded by records.decode_body: records of the
+documented shape as RegularRecord structs (typed in native code, no dict per record), anything else as the
+raw JSON values the API sent, so that normalisation sees exactly what arrived, surprises included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import httpx
 import tenacity
+
+from ordersync_pipeline.records import as_json_value, decode_body, record_id as _record_id
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
@@ -84,7 +87,7 @@ class PageMeta:
 
 @dataclass(frozen=True)
 class Page:
-    records: list[Any]  # raw JSON values as sent; normally dicts, validated by normalise.py
+    records: list[Any]  # RegularRecord, or the raw JSON values as sent (records.decode_body); see normalise.py
     meta: PageMeta
     server_time: dt.datetime | None = None  # the response's `Date` header: the API's clock, to the second
 
@@ -345,7 +348,7 @@ class OrderSyncClient:
             id_less: list[Any] = []  # records that cannot be deduplicated; normalise rejects them
             for page in pages:
                 for record in page.records:
-                    record_id = record.get("order_status_id") if isinstance(record, dict) else None
+                    record_id = _record_id(record)
                     if not isinstance(record_id, str) or not record_id:
                         id_less.append(record)
                         continue
@@ -424,10 +427,11 @@ class OrderSyncClient:
         return pages
 
     def _collect_pages(self, method: str, path: str, body: Any = None) -> list[Any]:
-        """Records of every page of a look-up endpoint (they are rarely more than one page)."""
+        """Records of every page of a look-up endpoint (they are rarely more than one page), as the JSON values
+        the API sent: callers (the CLI's look-up, the refresh) print and normalise them as such."""
         records: list[Any] = []
         for page in self._iter_pages(method, path, body):
-            records.extend(page.records)
+            records.extend(map(as_json_value, page.records))
         return records
 
     def _iter_pages(self, method: str, path: str, body: Any) -> Iterator[Page]:
@@ -527,7 +531,7 @@ def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) 
     if not 200 <= status < 300:
         raise _RetryableResponse(f"unexpected HTTP {status}")
     try:
-        body = response.json()
+        body = decode_body(response.content)
     except ValueError:
         raise _RetryableResponse(f"response body is not valid JSON ({len(response.content)} bytes, cut short?)") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):

@@ -18,25 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import polars as pl
 
-# The API's fields, in the order of the reference. Order matters: it is the table's column order.
-TEXT_FIELDS = (
-    "order_id",
-    "order_status_id",
-    "supplier_order_id",
-    "order_date",
-    "po_number",
-    "item",
-    "customer",
-    "supplier",
-    "status",
-    "customer_email",
-    "tracking_number",
-    "tracking_url",
-    "carrier",
-    "delivery_date",
-)
+from ordersync_pipeline.records import TEXT_FIELDS, RegularRecord, as_json_value
+
 API_FIELDS = frozenset(TEXT_FIELDS)
 TIMESTAMP_FIELDS = ("order_date", "delivery_date")
 PERSONAL_DATA_FIELDS = ("customer", "customer_email")
@@ -92,19 +78,25 @@ def personal_data_hash(text: str) -> str:
 
 def _split_by_contract(
     records: list[Any], pii_mode: str
-) -> tuple[list[dict], list[dict], list[str | None], list[tuple[Any, str]]]:
+) -> tuple[list[Any], list[Any], list[str | None], list[tuple[Any, str]]]:
     """One pass over the records: shape-valid ones (text fields only), the originals they came from,
     their unknown fields as JSON (values withheld unless pii_mode is raw), and the records rejected for
     their shape.
 
-    This is the only per-record Python: JSON values of mixed types cannot be typed by polars without
-    silently coercing them, so types are checked here and everything else is done in polars.
+    RegularRecords were type-checked by the decoder (records.py) and pass as they are. Other records are
+    checked here in Python: JSON values of mixed types cannot be typed by polars without silently
+    coercing them; everything else is done in polars.
     """
-    valid: list[dict] = []
-    originals: list[dict] = []
+    valid: list[Any] = []
+    originals: list[Any] = []
     extras: list[str | None] = []
     rejects: list[tuple[Any, str]] = []
     for record in records:
+        if type(record) is RegularRecord:
+            valid.append(record)
+            originals.append(record)
+            extras.append(None)
+            continue
         if type(record) is not dict:
             rejects.append((record, f"record is a JSON {_json_type(record)}, expected an object"))
             continue
@@ -163,7 +155,7 @@ def normalise_order_statuses(
     fetched_at = fetched_at.astimezone(dt.timezone.utc)
     valid, originals, extras, shape_rejects = _split_by_contract(records, pii_mode)
 
-    frame = pl.DataFrame(valid, schema={name: pl.String for name in TEXT_FIELDS}).with_columns(
+    frame = _text_frame(valid).with_columns(
         pl.Series("extra_fields", extras, dtype=pl.String),
         pl.int_range(pl.len()).alias("_index"),
     )
@@ -200,11 +192,20 @@ def normalise_order_statuses(
     ).select(list(ORDER_STATUS_SCHEMA))
 
     # Rejected rows are few: look their original records up by position to keep the raw JSON.
-    rejected = [(originals[index], reason) for index, reason in zip(bad["_index"], bad["_reason"])]
+    rejected = [(as_json_value(originals[index]), reason) for index, reason in zip(bad["_index"], bad["_reason"])]
     rejects = _rejects_frame(rejected + shape_rejects, expected_day=expected_day, fetched_at=fetched_at,
                              pii_mode=pii_mode)
     extra_names = sorted({key for text in extras if text for key in json.loads(text)})
     return NormalisedStatuses(rows, rejects, good.height - deduplicated.height, tuple(extra_names))
+
+
+def _text_frame(valid: list[Any]) -> pl.DataFrame:
+    """The text fields of shape-valid records as String columns, in one step when all are RegularRecords."""
+    schema = {name: pl.String for name in TEXT_FIELDS}
+    if all(type(record) is RegularRecord for record in valid):
+        columns = zip(*map(msgspec.structs.astuple, valid)) if valid else [[]] * len(TEXT_FIELDS)
+        return pl.DataFrame(dict(zip(TEXT_FIELDS, columns)), schema=schema)
+    return pl.DataFrame([as_json_value(record) for record in valid], schema=schema)
 
 
 def _protect_personal_data(pii_mode: str) -> list[pl.Expr]:

@@ -96,6 +96,7 @@ class OrderSyncSimulator:
         not_found_style: str = "empty",
         port: int | None = 0,
         more_retailers: dict[str, SimulatedRetailer] | None = None,
+        pre_encoded: bool = False,
     ):
         """`more_retailers` are other retailers served under their own API keys (key -> retailer), on the same
         clock, first day and faults; `port=None` builds a simulator that only such a server answers for."""
@@ -111,6 +112,17 @@ class OrderSyncSimulator:
         if self.faults.echo_request_headers not in ECHO_STYLES:
             raise ValueError(f"Faults.echo_request_headers must be one of {', '.join(map(repr, ECHO_STYLES))}, "
                              f"got {self.faults.echo_request_headers!r}")
+        # Benchmarks: each by-date page is encoded once and then served as stored bytes, so the simulator's own
+        # JSON encoding does not set the speed limit the client is measured against. Needs data that does not
+        # change between requests: a fixed clock and no record faults.
+        self._encoded_pages: dict[tuple[str, str, dt.datetime], bytes] | None = None
+        if pre_encoded:
+            f = self.faults
+            if f.paging_drift or f.corrupt_every or f.extra_field_every or f.total_offset:
+                raise ValueError("pre_encoded pages need data that holds still: switch off paging_drift, "
+                                 "corrupt_every, extra_field_every and total_offset")
+            self.clock = SimulatedClock(self.clock.now())
+            self._encoded_pages = {}
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
         self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival (faults included)
@@ -123,6 +135,7 @@ class OrderSyncSimulator:
         self._by_po: dict[str, list[SimulatedLine]] = {}
         self._by_supplier_order: dict[str, list[SimulatedLine]] = {}
         self._day_cache: dict[dt.date, tuple[tuple[dt.datetime, int], list[dict]]] = {}
+        self._day_lengths: dict[tuple[dt.date, dt.datetime, int], int] = {}
         # Each key sees its own retailer only, as OrderSync's keys do.
         self.retailers_by_key: dict[str, OrderSyncSimulator] = {api_key: self, **{
             key: OrderSyncSimulator(other, clock=self.clock, first_day=self.first_day, api_key=key, faults=self.faults,
@@ -191,6 +204,35 @@ class OrderSyncSimulator:
                 record = {**record, "customer_phone": _phone_number(record["order_status_id"])}
             served.append(record)
         return served
+
+    def served_page(self, first: dt.date, last: dt.date, offset: int, limit: int) -> tuple[list[dict], int]:
+        """`limit` served records of the range from `offset`, and how many the range has: without record
+        faults, only the days the page touches are sliced, so a long range costs per page, not per range."""
+        if self.faults.corrupt_every or self.faults.extra_field_every:
+            records = self.served_records_for_days(first, last)
+            return records[offset : offset + limit], len(records)
+        page: list[dict] = []
+        total = 0
+        for day in (first + dt.timedelta(days=i) for i in range((last - first).days + 1)):
+            length = self._day_length(day)
+            start = max(0, offset - total)
+            if len(page) < limit and start < length:
+                page.extend(self.records_for_day(day)[start : start + limit - len(page)])
+            total += length
+        return page, total
+
+    def _day_length(self, day: dt.date) -> int:
+        """len(records_for_day(day)), remembered (a few bytes a day) for as long as the day's snapshot holds."""
+        key = (day, self.clock.now(), self.retailer.late_line_count(day))
+        with self._lock:
+            length = self._day_lengths.get(key)
+        if length is None:
+            length = len(self.records_for_day(day))
+            with self._lock:
+                if len(self._day_lengths) > 10_000:  # snapshots of past minutes: a long-running simulator's
+                    self._day_lengths.clear()
+                self._day_lengths[key] = length
+        return length
 
     def records_for_po(self, po_number: str) -> list[dict]:
         return self._lookup(self._by_po, po_number)
@@ -337,10 +379,16 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             feed = sim.retailers_by_key.get(self.headers.get("X-API-Key") or "")
             if feed is None:
                 return self._send_error(401, "Invalid or missing API key")
+            pages = sim._encoded_pages
+            page_key = (feed.api_key, url.query, sim.clock.now())  # each key its own retailer's pages
+            if pages is not None and method == "GET" and url.path == "/api/v1/orders/by-date" and page_key in pages:
+                return self._send(200, pages[page_key], truncate=fault == "truncated")
             try:
                 payload = self._route(feed, method, url.path, urllib.parse.parse_qs(url.query), body)
             except _ApiError as exc:
                 return self._send_error(exc.status, str(exc))
+            if pages is not None and method == "GET" and url.path == "/api/v1/orders/by-date":
+                payload = pages.setdefault(page_key, json.dumps(payload).encode())
             self._send(200, payload, truncate=fault == "truncated")
 
         @staticmethod
@@ -377,10 +425,8 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
             if page > 1 and sim.faults.paging_drift and feed.draw_drift(start):
                 feed.insert_late_lines(start, sim._fault_rng.randint(1, 3))
-            records = feed.served_records_for_days(start, end)
-            offset = (page - 1) * limit
-            total = len(records) + sim.faults.total_offset
-            return _envelope(records[offset : offset + limit], page=page, limit=limit, total=total)
+            records, total = feed.served_page(start, end, (page - 1) * limit, limit)
+            return _envelope(records, page=page, limit=limit, total=total + sim.faults.total_offset)
 
         def _by_po_numbers(self, feed: OrderSyncSimulator, body: bytes) -> dict:
             try:
@@ -403,9 +449,12 @@ def _make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                                   headers)
             self._send(status, {"error": message}, headers)
 
-        def _send(self, status: int, payload: dict | str, headers: dict[str, str] | None = None, truncate: bool = False,
-                  content_type: str = "application/json") -> None:
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        def _send(self, status: int, payload: dict | str | bytes, headers: dict[str, str] | None = None,
+                  truncate: bool = False, content_type: str = "application/json") -> None:
+            if isinstance(payload, bytes):
+                data = payload
+            else:
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
