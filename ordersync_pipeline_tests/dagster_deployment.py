@@ -42,6 +42,21 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll the Dagster webserver at `url` until it answers, failing early (with its log) if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/server_info", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, f"{process.args[:4]} exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the Dagster UI did not come up within {timeout:g} s:\n" \
+                                            f"{log.read_text()[-3000:]}"
+        time.sleep(1)
+
+
 class Deployment:
     def __init__(self, url: str, logs: Path):
         self.url, self.logs = url, logs
@@ -133,16 +148,7 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
     daemon = _start([str(python_bin / "dagster-daemon"), "run", "-m", LOCATION], env, dagster_home / "daemon.log")
     deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if deployment.http.get("/server_info").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert webserver.poll() is None, (dagster_home / "webserver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "dagster-webserver did not start within 120 s"
-            time.sleep(1)
+        wait_until_serving(deployment.url, webserver, dagster_home / "webserver.log")
         yield deployment
     finally:
         _stop(daemon)

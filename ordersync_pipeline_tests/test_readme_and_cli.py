@@ -78,7 +78,7 @@ def open_lines_older_than_a_week(lines: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_late_orders_by_supplier(rows: list[tuple], read) -> None:
-    lines, history = read("order_statuses"), read("order_status_history")
+    lines = read("order_statuses")
     late = open_lines_older_than_a_week(lines).group_by("supplier").agg(pl.len(), pl.col("order_date").min())
     assert {supplier: (n, oldest) for supplier, n, oldest in rows} == {
         supplier: (n, oldest) for supplier, n, oldest in late.iter_rows()}
@@ -86,7 +86,7 @@ def check_late_orders_by_supplier(rows: list[tuple], read) -> None:
 
 
 def check_p90_lead_time_by_carrier(rows: list[tuple], read) -> None:
-    lines, history = read("order_statuses"), read("order_status_history")
+    lines = read("order_statuses")
     delivered = lines.filter(
         (pl.col("status").str.strip_chars().str.to_lowercase() == "delivered")
         & (pl.col("delivery_date") >= pl.col("order_date"))
@@ -99,7 +99,7 @@ def check_p90_lead_time_by_carrier(rows: list[tuple], read) -> None:
 
 
 def check_oldest_open_orders(rows: list[tuple], read) -> None:
-    lines, history = read("order_statuses"), read("order_status_history")
+    lines = read("order_statuses")
     expected = open_lines_older_than_a_week(lines).sort("order_date").select(
         "order_id", "po_number", "supplier", "status", "order_date", "age_days")
     assert len(rows) == min(50, expected.height)
@@ -109,7 +109,7 @@ def check_oldest_open_orders(rows: list[tuple], read) -> None:
 
 
 def check_backordered_durations(rows: list[tuple], read) -> None:
-    lines, history = read("order_statuses"), read("order_status_history")
+    history = read("order_status_history")
     expected = history.filter(pl.col("status") == "backordered").select(
         "order_status_id", (pl.col("last_seen_at") - pl.col("first_seen_at")).alias("duration"))
     longest = sorted(expected["duration"].to_list(), reverse=True)[:20]
@@ -245,24 +245,16 @@ def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path)
     import signal
     import time
 
-    import httpx
-
-    from ordersync_pipeline_tests.dagster_deployment import free_port
+    from ordersync_pipeline_tests.dagster_deployment import free_port, wait_until_serving
 
     port = str(free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
-    demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", port],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "demo.log"
+    with log.open("w") as output:
+        demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", port],
+                                cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert demo.poll() is None and time.monotonic() < deadline, "the Dagster UI did not come up"
-            time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}", demo, log)
         assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
         assert _processes_mentioning(port)  # dagster dev and its webserver
         demo.send_signal(signal.SIGTERM)

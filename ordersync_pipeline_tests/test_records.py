@@ -5,7 +5,6 @@ import datetime as dt
 import json
 
 import httpx
-import polars as pl
 import pytest
 
 from ordersync_pipeline.normalise import PII_MODES, normalise_order_statuses

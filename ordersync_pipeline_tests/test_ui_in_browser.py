@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ordersync_pipeline_tests.browser import chromium_page
-from ordersync_pipeline_tests.dagster_deployment import free_port
+from ordersync_pipeline_tests.dagster_deployment import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -72,19 +71,6 @@ def left_behind(folder: Path, groups: set[int]) -> list[str]:
     return found
 
 
-def wait_for_ui(url: str, demo: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/server_info", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert demo.poll() is None, f"ordersync demo --ui exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"the Dagster UI did not come up:\n{log.read_text()[-3000:]}"
-        time.sleep(1)
-
-
 def reload_until(page, visible, timeout: float, what: str) -> None:
     """Reload `page` until the locator `visible()` returns is visible (as a person pressing F5 would)."""
     deadline = time.monotonic() + timeout
@@ -110,7 +96,7 @@ def test_a_person_backfills_in_the_demo_ui_sees_the_days_and_the_chart_and_stopp
                                 stderr=subprocess.STDOUT, start_new_session=True)
     started: dict[int, tuple[int, str]] = {}
     try:
-        wait_for_ui(url, demo, log)
+        wait_until_serving(url, demo, log, timeout=180)
         with chromium_page(tmp_path / "screenshots") as steps:
             page = steps.page
             page.goto(f"{url}/assets/order_statuses")
