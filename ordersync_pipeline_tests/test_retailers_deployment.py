@@ -37,13 +37,13 @@ def meet_at_first_request(feeds: list) -> None:
     intervals would not overlap; if they can, they overlap for certain, however the runs' start-ups spread."""
     asked = [threading.Event() for _ in feeds]
     for feed, event in zip(feeds, asked):
-        def answer(first, last, _serve=feed.served_records_for_days, _event=event):
+        def answer(first, last, offset, limit, _serve=feed.served_page, _event=event):
             if not _event.is_set():
                 _event.set()
                 for other in asked:
                     other.wait(timeout=120)
-            return _serve(first, last)
-        feed.served_records_for_days = answer
+            return _serve(first, last, offset, limit)
+        feed.served_page = answer  # what the by-date handler calls for every page
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
