@@ -187,6 +187,14 @@ def lookback_days_from_env() -> int:
     return number_from_env("ORDERSYNC_LOOKBACK_DAYS", "14", minimum=0)
 
 
+def stuck_after_days_from_env() -> int:
+    return number_from_env("ORDERSYNC_STUCK_AFTER_DAYS", "5")
+
+
+def delivery_target_days_from_env() -> int:
+    return number_from_env("ORDERSYNC_DELIVERY_TARGET_DAYS", "7")
+
+
 RETAILERS_SETTING = "ORDERSYNC_RETAILERS"
 _RETAILER_NAME = re.compile(r"[a-z0-9_]+")
 
@@ -219,12 +227,15 @@ def resources_from_env(retailer: str | None = None) -> dict[str, dg.Configurable
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
 
     Every setting is checked here, when the definitions load. ORDERSYNC_START_DATE is read (with
-    date_from_env) by partitions.py, earlier still; ORDERSYNC_LOOKBACK_DAYS is read by each refresh run's
-    config, and checked here too so that a bad value cannot fail a daily run after its day was stored.
+    date_from_env) by partitions.py, earlier still.
     With `retailer`, the key is ORDERSYNC_API_KEY_<RETAILER> and both DuckDB files sit in a folder named
     after the retailer beside where the settings point; every other setting is shared.
     """
+    # Read by the runs' config (refresh, stuck_lines, supplier_scorecard), and checked here too so that a bad
+    # value cannot fail a daily run after its day was stored.
     lookback_days_from_env()
+    stuck_after_days_from_env()
+    delivery_target_days_from_env()
     pii_mode = choice_from_env("ORDERSYNC_PII_MODE", "raw", PII_MODES)
     analyst_database = retailer_path(os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH, retailer)
     working_database = os.environ.get(WORKING_PATH_SETTING)

@@ -19,7 +19,7 @@ from ordersync_pipeline.assets.metadata import image, markdown_table, table_meta
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.resources import OrderSyncWarehouse, number_from_env
+from ordersync_pipeline.resources import OrderSyncWarehouse, stuck_after_days_from_env
 from ordersync_pipeline.sync import CLOSED_STATUSES, is_open_sql, open_lines_sql
 
 OPEN_ORDER_BACKLOG_TABLE_SQL = """
@@ -66,13 +66,10 @@ BACKLOG_COMMENTS = {
 }
 
 
-def default_stuck_after_days() -> int:
-    return number_from_env("ORDERSYNC_STUCK_AFTER_DAYS", "5")
-
 
 class StuckLinesConfig(dg.Config):
     stuck_after_days: int = Field(
-        default_factory=default_stuck_after_days,
+        default_factory=stuck_after_days_from_env,
         description="Days an open line must have been observed in one status to be stuck "
                     "(default ORDERSYNC_STUCK_AFTER_DAYS or 5).",
         ge=1,

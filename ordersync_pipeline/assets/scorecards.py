@@ -15,7 +15,7 @@ from ordersync_pipeline.assets.marts import IS_DELIVERED, LEAD_TIME_DAYS, MART, 
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
-from ordersync_pipeline.resources import OrderSyncWarehouse, number_from_env
+from ordersync_pipeline.resources import OrderSyncWarehouse, delivery_target_days_from_env
 from ordersync_pipeline.sync import is_open_sql
 
 _STATUS = "lower(trim(coalesce(status, '')))"
@@ -44,13 +44,10 @@ GROUP BY order_status_id
 _FULLY_OBSERVED = "o.first_seen_at IS NOT NULL AND make_timestamp(epoch_us(o.first_seen_at)) < s.order_day + 2"
 
 
-def default_delivery_target_days() -> int:
-    return number_from_env("ORDERSYNC_DELIVERY_TARGET_DAYS", "7")
-
 
 class SupplierScorecardConfig(dg.Config):
     delivery_target_days: int = Field(
-        default_factory=default_delivery_target_days,
+        default_factory=delivery_target_days_from_env,
         description="Lead time (order to delivery, days) a delivered line should meet "
                     "(default ORDERSYNC_DELIVERY_TARGET_DAYS or 7).",
         ge=1,
