@@ -447,6 +447,9 @@ class OrderSyncClient:
     # -- one request, retried ----------------------------------------------------------------------
     def _request_page(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Page:
         attempt_number = 0
+        # One absolute URL: given a path and params, httpx parses and merges URLs three times per request,
+        # a third of its CPU per by-date page.
+        url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
 
         def attempt() -> Page:
             nonlocal attempt_number
@@ -454,7 +457,7 @@ class OrderSyncClient:
             if self._rate_budget is not None:
                 self._rate_budget.acquire()
             self.counter.add(retry=attempt_number > 1)
-            response = self._http.request(method, path, params=params, json=body)
+            response = self._http.request(method, url, json=body)
             page = _parse_page(response, method, path, self._api_key)
             if page.server_time is not None:
                 self.last_server_time = page.server_time

@@ -24,7 +24,7 @@ from ordersync_pipeline.snapshots import (
     storage_config,
     adopt_single_file_install,
 )
-from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error
+from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error, sql_string
 
 DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
 ANALYST_PATH_SETTING = "ORDERSYNC_DUCKDB_PATH"
@@ -75,8 +75,9 @@ class OrderSyncWarehouse(DuckDBResource):
     )
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection to the working file, with the schema in place.
+    def connect(self, memory_limit_at_most: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection to the working file, with the schema in place; `memory_limit_at_most`
+        lowers DuckDB's memory limit for this connection (never raises it above the configured one).
 
         Hand-written instead of DuckDBResource.get_connection(): that one waits a fixed ~100 s on a locked
         file, ends in DuckDB's bare error, and does not close the connection when the body raises. Here the
@@ -108,6 +109,8 @@ class OrderSyncWarehouse(DuckDBResource):
         try:
             # No progress bar: in a run it would only write terminal escape codes into the captured logs.
             conn.execute("SET enable_progress_bar = false")
+            if memory_limit_at_most:
+                _lower_memory_limit(conn, memory_limit_at_most, config.get("memory_limit"))
             ensure_schema(conn)
             yield conn
         finally:
@@ -118,6 +121,27 @@ class OrderSyncWarehouse(DuckDBResource):
         """DuckDBResource's entry point, pointed at the same working file as connect()."""
         with self.connect() as conn:
             yield conn
+
+
+def _lower_memory_limit(conn: duckdb.DuckDBPyConnection, limit: str, configured: str | None) -> None:
+    """SET memory_limit to `limit` unless the `configured` one (None: DuckDB's default) is lower."""
+    before = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    conn.execute(f"SET memory_limit = {sql_string(limit)}")
+    lowered = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    if _size_in_bytes(before) < _size_in_bytes(lowered):
+        # The setting as given, not as DuckDB prints it: '15.2 MiB' set again would be 15.1 MiB.
+        conn.execute(f"SET memory_limit = {sql_string(configured)}" if configured else "RESET memory_limit")
+
+
+_SIZE_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
+
+
+def _size_in_bytes(size: str) -> float:
+    """A size as DuckDB prints it ('244.1 MiB', '0 bytes'), in bytes."""
+    match = re.fullmatch(r"([\d.]+) (\w+)", size.strip())
+    if not match or match[2] not in _SIZE_UNITS:
+        raise ValueError(f"unexpected DuckDB memory size {size!r}")
+    return float(match[1]) * _SIZE_UNITS[match[2]]
 
 
 def _explaining_errors(path: str, setting: str, waited_seconds: float, call, *args, **kwargs):

@@ -1,11 +1,17 @@
 """order_statuses materialized through Dagster from the embedded simulator equals the simulator's truth."""
 
 import datetime as dt
+import re
 
 import dagster as dg
 import duckdb
+import pytest
 
-from ordersync_pipeline.assets.order_statuses import order_status_checks, order_statuses
+from ordersync_pipeline import sync
+from ordersync_pipeline.assets import order_statuses as order_statuses_module
+from ordersync_pipeline.assets.order_statuses import STORE_MEMORY_LIMIT, order_status_checks, order_statuses
+from ordersync_pipeline.resources import OrderSyncWarehouse
+from ordersync_pipeline.warehouse import replace_days
 from ordersync_pipeline_tests.conftest import range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
@@ -50,3 +56,35 @@ def test_an_empty_day_stores_nothing_and_succeeds(simulator, resources, database
     with duckdb.connect(database, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0] == (0,)
         assert conn.execute("SELECT api_total, rows_stored FROM order_status_loads").fetchall() == [(0, 0)]
+
+
+@pytest.mark.parametrize("log_every_seconds, lines_logged", [(1e9, 1), (0.0, 7)])
+def test_a_range_logs_its_progress_not_a_line_per_day_and_stores_under_the_lower_memory_limit(
+        simulator, resources, monkeypatch, log_every_seconds, lines_logged):
+    """Each log line is an event Dagster commits to its storage, so a range logs every few seconds (and its last
+    day), adding up to every line stored; its connection holds DuckDB's cache to STORE_MEMORY_LIMIT."""
+    monkeypatch.setattr(order_statuses_module, "PROGRESS_LOG_SECONDS", log_every_seconds)
+    limits_while_storing = set()
+
+    def replace_days_noting_the_limit(conn, loads):
+        limits_while_storing.add(conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+        return replace_days(conn, loads)
+
+    monkeypatch.setattr(sync, "replace_days", replace_days_noting_the_limit)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([order_statuses], resources=resources, instance=instance,
+                            tags=range_tags(str(FIRST), str(LAST)))
+    assert result.success
+    progress = [entry.user_message for entry in instance.all_logs(result.run_id) if " days] " in entry.user_message]
+    assert len(progress) == lines_logged, progress
+    assert progress[-1].startswith(f"[7/7 days] {FIRST + dt.timedelta(days=7 - 7 // lines_logged)}")
+    stored = sum(int(re.search(r"stored (\d+) lines", message)[1]) for message in progress)
+    assert stored == len(simulator.records_for_days(FIRST, LAST))
+    assert limits_while_storing == {"30.5 MiB"}  # 32MB, below the resource's default (80% of RAM)
+
+
+def test_a_lower_memory_limit_is_never_raised_above_the_configured_one(database):
+    for configured, expected in (("256MB", "30.5 MiB"), ("16MB", "15.2 MiB")):
+        warehouse = OrderSyncWarehouse(database=database, connection_config={"memory_limit": configured})
+        with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+            assert conn.execute("SELECT current_setting('memory_limit')").fetchall() == [(expected,)]

@@ -1,6 +1,9 @@
 """`order_statuses`: one UTC day of order statuses per partition, from by-date into DuckDB, plus its checks."""
 
 
+import datetime as dt
+import time
+
 import dagster as dg
 import polars as pl
 
@@ -13,6 +16,12 @@ from ordersync_pipeline.warehouse import DayLoad
 # Every asset and check that opens the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps them
 # serial, because DuckDB allows one writing process at a time.
 DUCKDB_WRITERS_POOL = "ordersync_duckdb"
+
+# DuckDB keeps the blocks it writes cached up to its memory limit, so a backfill's memory grew with the table
+# it wrote (534 MB at 365 days, 567 MB at 730). Storing days needs only the days at hand and their recent
+# history, so this asset's connection runs under this limit (or the configured one, if lower).
+STORE_MEMORY_LIMIT = "32MB"
+PROGRESS_LOG_SECONDS = 5.0
 
 
 @dg.asset(
@@ -31,9 +40,10 @@ def order_statuses(
     `order_status_rejects`; each day's API total and counts go to `order_status_loads`."""
     days = partition_days(context)
     per_day = []
+    progress = _Progress(context, len(days))
     # One connection for the whole range: reconnecting per day cost more than storing a day. Fetching runs
     # ahead in threads meanwhile; a few whole days go in each transaction, so each day is all old or all new.
-    with ordersync.client() as client, warehouse.connect() as conn:
+    with ordersync.client() as client, warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
         stored = store_days(client, conn, days, days_in_flight=ordersync.days_in_flight,
                             days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
         for load in stored:
@@ -42,7 +52,7 @@ def order_statuses(
                  "rejects": load.rejects.height, "pages": load.pages_fetched, "passes": load.paging_passes,
                  "paging_duplicates": load.paging_duplicates, "duplicates": load.duplicates_dropped}
             )
-            _log_day(context, len(per_day), len(days), load)
+            progress.stored(load)
         requests, retries = client.counter.requests, client.counter.retries
         metadata = table_metadata(conn, "order_statuses")
     summary = pl.DataFrame(per_day)
@@ -64,11 +74,38 @@ def order_statuses(
     )
 
 
-def _log_day(context: dg.AssetExecutionContext, number: int, count: int, load: DayLoad) -> None:
-    context.log.info(
-        f"[{number}/{count}] {load.day}: stored {load.rows.height} lines "
-        f"(API total {load.api_total}, {load.rejects.height} rejected, {load.pages_fetched} pages)"
-    )
+class _Progress:
+    """Logs stored days every PROGRESS_LOG_SECONDS (and the last one), and every day that needs a warning.
+
+    Not one line per day: each log line is an event Dagster writes to its instance storage (a commit of its
+    own, ~10 ms here), so a year's backfill spent seconds on them.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, days: int):
+        self.context, self.days = context, days
+        self.done = self.lines = self.api_total = self.rejects = self.pages = 0
+        self.first: dt.date | None = None
+        self.last_logged = time.monotonic()
+
+    def stored(self, load: DayLoad) -> None:
+        self.done += 1
+        self.first = self.first or load.day
+        self.lines += load.rows.height
+        self.api_total += load.api_total
+        self.rejects += load.rejects.height
+        self.pages += load.pages_fetched
+        if self.done == self.days or time.monotonic() - self.last_logged >= PROGRESS_LOG_SECONDS:
+            days = str(load.day) if self.first == load.day else f"{self.first}..{load.day}"
+            self.context.log.info(
+                f"[{self.done}/{self.days} days] {days}: stored {self.lines} lines (API total {self.api_total}, "
+                f"{self.rejects} rejected, {self.pages} pages)"
+            )
+            self.first, self.lines, self.api_total, self.rejects, self.pages = None, 0, 0, 0, 0
+            self.last_logged = time.monotonic()
+        _warn_about_day(self.context, load)
+
+
+def _warn_about_day(context: dg.AssetExecutionContext, load: DayLoad) -> None:
     if load.extra_field_names:
         context.log.warning(f"{load.day}: the API sent fields the reference does not list, kept in extra_fields: "
                             f"{', '.join(load.extra_field_names)}")
