@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient, OrderSyncError
+from ordersync_pipeline.api_errors import OrderSyncError
+from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator
 

@@ -1,4 +1,5 @@
-"""OrderSync Order Status API client: the four endpoints, paging, retries and typed errors.
+"""OrderSync Order Status API client: the four endpoints, paging and retries (the errors it raises, what it
+retries and the key's redaction are in api_errors.py).
 
 Plain Python + httpx; knows nothing of Dagster. Bodies are decoded by records.decode_body: records of the
 documented shape as RegularRecord structs (typed in native code, no dict per record), anything else as the
@@ -12,7 +13,6 @@ import email.utils
 import ipaddress
 import json
 import math
-import re
 import threading
 import time
 import urllib.parse
@@ -24,57 +24,28 @@ from typing import Any
 import httpx
 import tenacity
 
+from ordersync_pipeline.api_errors import (
+    RETRYABLE_STATUS_CODES,
+    OrderSyncAuthError,
+    OrderSyncConfigError,
+    OrderSyncNotFoundError,
+    OrderSyncPagingError,
+    OrderSyncRequestError,
+    OrderSyncUnavailableError,
+    RetryableResponse,
+    WaitHonouringRetryAfter,
+    describe_failure,
+    is_retryable,
+    redact_key,
+    retry_after_seconds,
+    server_message,
+)
 from ordersync_pipeline.records import as_json_value, decode_body, record_id as _record_id
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
 MAX_PO_NUMBERS_PER_REQUEST = 100  # the API's documented maximum for the bulk endpoint
 BY_DATE_PATH = "/api/v1/orders/by-date"
-RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
-REDACTED = "[redacted]"
-# An API-key header quoted in text: `X-API-Key: v`, `"x-api-key": "v"`, `x_api_key=v`, whatever the key.
-_API_KEY_HEADER = re.compile(r"""(x[-_]api[-_]key["']?\s*[:=]\s*["']?)[^\s"',;&}]+""", re.IGNORECASE)
-
-
-class OrderSyncError(Exception):
-    """Base class of every error this client raises. Messages never contain the API key."""
-
-
-class OrderSyncConfigError(OrderSyncError):
-    """The client was configured with something it cannot use (bad URL, empty key)."""
-
-
-class OrderSyncAuthError(OrderSyncError):
-    """401/403: the key is missing, wrong, revoked or not allowed to read this data."""
-
-
-class OrderSyncRequestError(OrderSyncError):
-    """A 4xx other than auth: the request itself is wrong; retrying will not help."""
-
-    def __init__(self, message: str, status_code: int, server_message: str):
-        super().__init__(message)
-        self.status_code = status_code
-        self.server_message = server_message
-
-
-class OrderSyncNotFoundError(OrderSyncRequestError):
-    """404 with the API's JSON error envelope: nothing at that look-up path (see OrderSyncClient._look_up)."""
-
-
-class OrderSyncUnavailableError(OrderSyncError):
-    """Retries were exhausted on 429/5xx, timeouts, dropped connections or broken bodies."""
-
-
-class OrderSyncPagingError(OrderSyncError):
-    """By-date results kept shifting while we paged, and no consistent day could be read."""
-
-
-class _RetryableResponse(Exception):
-    """Internal: a response worth retrying (429/5xx, truncated or non-JSON body)."""
-
-    def __init__(self, description: str, retry_after: float | None = None):
-        super().__init__(description)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -165,71 +136,6 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # the HTTP-date form
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
-def redact_key(text: str, api_key: str) -> str:
-    """`text` without the API key or any X-API-Key header value: a server or proxy may echo request headers
-    in its error bodies, and those words end up in exceptions and run logs."""
-    text = _API_KEY_HEADER.sub(lambda match: match.group(1) + REDACTED, text)
-    return text.replace(api_key, REDACTED) if api_key else text
-
-
-def _server_message(response: httpx.Response, api_key: str) -> str:
-    """The server's own words about an error, redacted, then shortened (so no key is cut in half)."""
-    try:
-        body = response.json()
-    except ValueError:
-        text = response.text.strip() or response.reason_phrase
-    else:
-        value = body
-        if isinstance(body, dict):
-            value = next((body[key] for key in ("error", "message", "detail", "errors") if key in body), body)
-        text = value if isinstance(value, str) else json.dumps(value)
-    return redact_key(text, api_key)[:300]
-
-
-class _WaitHonouringRetryAfter(tenacity.wait.wait_base):
-    """Exponential backoff with jitter, but never shorter than the server's Retry-After.
-
-    A Retry-After longer than the request's budget ends the retries (stop_before_delay) instead of being cut.
-    """
-
-    def __init__(self, initial: float, maximum: float):
-        self._backoff = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        backoff = self._backoff(retry_state)
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        return max(backoff, retry_after) if retry_after is not None else backoff
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    """429/5xx/broken bodies, timeouts and network errors; not mistakes of ours that a retry repeats."""
-    if isinstance(exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol)):
-        return False
-    return isinstance(exc, (_RetryableResponse, httpx.TransportError))
-
-
-def _describe(exc: BaseException, api_key: str) -> str:
-    if isinstance(exc, _RetryableResponse):
-        return str(exc)  # built from _server_message, already redacted
-    return redact_key(f"{type(exc).__name__}: {exc}", api_key) if str(exc) else type(exc).__name__
-
-
 class OrderSyncClient:
     """Typed access to the OrderSync Order Status API for one retailer (one key).
 
@@ -293,10 +199,10 @@ class OrderSyncClient:
             limits=httpx.Limits(max_connections=max(max_connections, max_concurrent_pages + 1)),
         )
         self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_retryable),
+            retry=tenacity.retry_if_exception(is_retryable),
             # stop_before_delay: never start a wait that would end past the budget.
             stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_before_delay(request_budget_seconds),
-            wait=_WaitHonouringRetryAfter(backoff_initial_seconds, backoff_max_seconds),
+            wait=WaitHonouringRetryAfter(backoff_initial_seconds, backoff_max_seconds),
             sleep=sleep,
             reraise=True,
         )
@@ -472,10 +378,10 @@ class OrderSyncClient:
                 f"could not send {method} {path}: the request itself is malformed (check that ORDERSYNC_API_KEY "
                 "and ORDERSYNC_BASE_URL hold plain values without line breaks)"
             ) from None
-        except (_RetryableResponse, httpx.TransportError) as exc:
+        except (RetryableResponse, httpx.TransportError) as exc:
             raise OrderSyncUnavailableError(
                 f"OrderSync {method} {path} still failing after {attempt_number} attempts "
-                f"(last: {_describe(exc, self._api_key)}). The API may be down or rate-limiting; try again later, "
+                f"(last: {describe_failure(exc, self._api_key)}). The API may be down or rate-limiting; try again later, "
                 "or lower the request rate."
             ) from None
 
@@ -505,12 +411,12 @@ def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) 
     status = response.status_code
     if status in (401, 403):
         raise OrderSyncAuthError(
-            f"OrderSync refused the API key (HTTP {status}: {_server_message(response, api_key)}). Check that "
+            f"OrderSync refused the API key (HTTP {status}: {server_message(response, api_key)}). Check that "
             "ORDERSYNC_API_KEY holds a live key of this retailer and that ORDERSYNC_BASE_URL is right."
         )
     if status in RETRYABLE_STATUS_CODES:
-        raise _RetryableResponse(f"HTTP {status}: {_server_message(response, api_key)}",
-                                 retry_after=_retry_after_seconds(response))
+        raise RetryableResponse(f"HTTP {status}: {server_message(response, api_key)}",
+                                 retry_after=retry_after_seconds(response))
     if 300 <= status < 400:
         location = redact_key(response.headers.get("Location", "an unnamed place"), api_key)
         raise OrderSyncConfigError(
@@ -528,17 +434,17 @@ def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) 
             f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"
         )
     if 400 <= status < 500:
-        message = _server_message(response, api_key)
+        message = server_message(response, api_key)
         error = OrderSyncNotFoundError if status == 404 else OrderSyncRequestError
         raise error(f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message)
     if not 200 <= status < 300:
-        raise _RetryableResponse(f"unexpected HTTP {status}")
+        raise RetryableResponse(f"unexpected HTTP {status}")
     try:
         body = decode_body(response.content)
     except ValueError:
-        raise _RetryableResponse(f"response body is not valid JSON ({len(response.content)} bytes, cut short?)") from None
+        raise RetryableResponse(f"response body is not valid JSON ({len(response.content)} bytes, cut short?)") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):
-        raise _RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
+        raise RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
     meta = body["meta"]
     try:
         page_meta = PageMeta(
@@ -548,7 +454,7 @@ def _parse_page(response: httpx.Response, method: str, path: str, api_key: str) 
             has_more=bool(meta.get("has_more", False)),
         )
     except (TypeError, ValueError):
-        raise _RetryableResponse(f"response meta is malformed: {redact_key(json.dumps(meta), api_key)[:200]}") from None
+        raise RetryableResponse(f"response meta is malformed: {redact_key(json.dumps(meta), api_key)[:200]}") from None
     return Page(records=body["data"], meta=page_meta, server_time=_server_time(response))
 
 

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from ordersync_pipeline import cli
-from ordersync_pipeline.client import OrderSyncClient, OrderSyncConfigError
+from ordersync_pipeline.api_errors import OrderSyncConfigError
+from ordersync_pipeline.client import OrderSyncClient
 from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
