@@ -238,15 +238,23 @@ def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, c
     env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": base_url,
            "ORDERSYNC_DUCKDB_PATH": str(database), "ORDERSYNC_START_DATE": str(min(first, dt.date(2025, 1, 1)))}
     env.pop("DAGSTER_HOME", None)
+    # `python -m` puts its working directory first on sys.path, ahead of PYTHONPATH: run in the checkout under
+    # test, or in the run's own folder so that a checkout the bench was started from cannot stand in for it.
+    cwd = database.parent
     if checkout:
-        env["PYTHONPATH"] = str(Path(checkout).resolve())
+        cwd = Path(checkout).resolve()
+        env["PYTHONPATH"] = str(cwd)
+        imported = subprocess.run([sys.executable, "-c", "import ordersync_pipeline; print(ordersync_pipeline.__file__)"],
+                                  env=env, cwd=cwd, capture_output=True, text=True).stdout.strip()
+        if not imported.startswith(str(cwd)):
+            raise SystemExit(f"--compare-with {checkout}: its code is not what runs (ordersync_pipeline from {imported!r})")
     log = database.with_suffix(".log")
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
         started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "ordersync_pipeline.definitions",
              "--select", "order_statuses", "--partition-range", f"{first}...{last}"],
-            env=env, stdout=output, stderr=subprocess.STDOUT)
+            env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # rusage of this process alone: its CPU and peak RSS
         wall = time.monotonic() - started
     if status != 0:
