@@ -193,9 +193,10 @@ def _days(first: dt.date, last: dt.date) -> list[dt.date]:
 
 def _read_day(http: httpx.Client, day: dt.date) -> list[dict]:
     records, page = [], 1
+    by_date = f"{str(http.base_url).rstrip('/')}/api/v1/orders/by-date"
     while True:
         # A whole URL, as the pipeline's client sends: httpx merging a path and params costs a third of its CPU.
-        response = http.get(f"{str(http.base_url).rstrip('/')}/api/v1/orders/by-date?start_date={day}&page={page}&limit=100")
+        response = http.get(f"{by_date}?start_date={day}&page={page}&limit=100")
         body = msgspec.json.decode(response.content)
         records.extend(body["data"])
         if not body["meta"]["has_more"]:
@@ -272,7 +273,7 @@ def dlt_run(base_url: str, first: dt.date, last: dt.date, work_dir: Path) -> Run
         started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "ordersync_pipeline.bench_dlt", base_url, str(first), str(last),
-             str(work_dir / "dlt.duckdb"), str(work_dir)], stdout=out, stderr=err)
+             str(work_dir / "dlt.duckdb"), str(work_dir)], cwd=work_dir, stdout=out, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) == 3:
@@ -312,7 +313,7 @@ def daily_job(base_url: str, day: dt.date, database: Path) -> tuple[int, float]:
     completed = subprocess.run(
         [sys.executable, "-m", "dagster", "job", "execute", "-m", "ordersync_pipeline.definitions", "-j",
          "daily_order_sync", "--tags", json.dumps({"dagster/partition": str(day)})],
-        env=env, capture_output=True, text=True)
+        env=env, cwd=database.parent, capture_output=True, text=True)  # its temporary Dagster home lands there
     wall = time.monotonic() - started
     if completed.returncode != 0:
         raise SystemExit(f"daily job failed:\n{completed.stderr[-3000:]}")
