@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from ordersync_pipeline.assets.analyst_database import MARTS, analyst_database
 from ordersync_pipeline.assets.backlog import backlog_checks
-from ordersync_pipeline.assets.order_statuses import order_status_checks, order_statuses
-from ordersync_pipeline.assets.refresh import order_status_refresh
+from ordersync_pipeline.assets.order_statuses import order_status_checks
 from ordersync_pipeline.jobs import (
+    DAILY_ASSETS,
     daily_order_sync,
     daily_order_sync_schedule,
     publish_after_backfills,
@@ -15,7 +14,7 @@ from ordersync_pipeline.jobs import (
 from ordersync_pipeline.resources import resources_from_env, retailers_from_env
 from ordersync_pipeline.retailers import build_retailer_definitions
 
-ASSETS = [order_statuses, order_status_refresh, *MARTS, analyst_database]
+ASSETS = DAILY_ASSETS  # the daily job materializes every asset of the code location
 CHECKS = [*order_status_checks, *backlog_checks]
 # Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
 # run's own process, one after another (also the cheapest executor to start, per the stack notes).

@@ -66,7 +66,6 @@ BACKLOG_COMMENTS = {
 }
 
 
-
 class StuckLinesConfig(dg.Config):
     stuck_after_days: int = Field(
         default_factory=stuck_after_days_from_env,

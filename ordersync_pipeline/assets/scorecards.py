@@ -44,7 +44,6 @@ GROUP BY order_status_id
 _FULLY_OBSERVED = "o.first_seen_at IS NOT NULL AND make_timestamp(epoch_us(o.first_seen_at)) < s.order_day + 2"
 
 
-
 class SupplierScorecardConfig(dg.Config):
     delivery_target_days: int = Field(
         default_factory=delivery_target_days_from_env,
