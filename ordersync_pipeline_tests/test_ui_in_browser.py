@@ -1,6 +1,7 @@
-"""`ordersync demo --ui` clicked through in Chromium as a person would: a "Missing" backfill from the
-Materialize dialog, its completion on the backfills page, the days on the Partitions tab, the lead-time
-chart on the mart's page after the publish sensor rebuilt it; then nothing the demo started is left running."""
+"""`ordersync demo --ui` clicked through in Chromium as a person would: the raw table's described columns,
+a "Missing" backfill from the Materialize dialog, its completion on the backfills page, the days on the
+Partitions tab, the lead-time chart on the mart's page after the publish sensor rebuilt it; then nothing the
+demo started is left running."""
 
 import os
 import signal
@@ -101,6 +102,8 @@ def test_a_person_backfills_in_the_demo_ui_sees_the_days_and_the_chart_and_stopp
             page = steps.page
             page.goto(f"{url}/assets/order_statuses")
             page.get_by_role("button", name="Skip").click(timeout=60_000)  # "Join the Dagster community"
+            # Its columns, described as in the DuckDB file, before any day is loaded: declared on the asset.
+            page.get_by_text("The line's own id (unique per row)", exact=True).first.wait_for(timeout=30_000)
             steps.shot("order_statuses")
             # One code location name however the UI is started (workspace.yaml names it ordersync_pipeline).
             page.locator("a[href='/locations/ordersync_pipeline/jobs/daily_order_sync']").first.wait_for()

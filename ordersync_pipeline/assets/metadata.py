@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import dagster as dg
 import duckdb
 import polars as pl
 
+from ordersync_pipeline.warehouse import ensure_schema
+
 
 def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:
     """Row count and column schema (with the COMMENTs stored in the file) of a DuckDB table."""
+    return {**table_figures(conn, table), "dagster/column_schema": column_schema(conn, table)}
+
+
+def table_figures(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:
+    """Row count and name of a DuckDB table: what a materialization says about it besides its columns."""
+    row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    return {"dagster/row_count": dg.MetadataValue.int(int(row_count)), "dagster/table_name": dg.MetadataValue.text(table)}
+
+
+def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
+    """A DuckDB table's columns: name, type, nullability and the COMMENT stored in the file."""
     columns = conn.execute(
         "SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
         "WHERE table_name = ? ORDER BY column_index",
         [table],
     ).fetchall()
-    schema = dg.TableSchema(
+    return dg.TableSchema(
         columns=[
             dg.TableColumn(name, data_type, description=comment or None,
                            constraints=dg.TableColumnConstraints(nullable=bool(nullable)))
             for name, data_type, nullable, comment in columns
         ]
     )
-    row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return {
-        "dagster/row_count": dg.MetadataValue.int(int(row_count)),
-        "dagster/column_schema": schema,
-        "dagster/table_name": dg.MetadataValue.text(table),
-    }
+
+
+@functools.cache
+def raw_table_column_schema(table: str) -> dg.TableSchema:
+    """The column schema of one of warehouse.py's raw tables, from its CREATE TABLE and COMMENTs run in an
+    in-memory DuckDB, for an asset's definition: the same on every partition, it need not travel in each."""
+    with duckdb.connect() as conn:
+        ensure_schema(conn)
+        return column_schema(conn, table)
 
 
 def markdown_table(frame: pl.DataFrame, max_rows: int = 25) -> dg.MarkdownMetadataValue:
