@@ -231,9 +231,8 @@ class OrderSyncClient:
         except OrderSyncNotFoundError as exc:
             raise _wrong_base_url(exc, "by-date always exists") from None
 
-    def fetch_order_statuses_for_day(self, day: dt.date, *, concurrent_pages: int | None = None) -> DayFetch:
-        """Every record whose order_date falls on `day`, each exactly once; `concurrent_pages` (default
-        max_concurrent_pages) pages at a time after the first.
+    def fetch_order_statuses_for_day(self, day: dt.date) -> DayFetch:
+        """Every record whose order_date falls on `day`, each exactly once.
 
         The API pages by offset while new orders keep arriving: a line inserted before the page being read
         shifts the rest, so one pass can return a line twice and never return the new one. Passes are
@@ -247,7 +246,7 @@ class OrderSyncClient:
         server_times: list[dt.datetime] = []
         previous_pass_ids: frozenset[str] | None = None
         for pass_number in range(1, self.max_paging_passes + 1):
-            pages = self._fetch_every_page(day, concurrent_pages or self.max_concurrent_pages)
+            pages = self._fetch_every_page(day)
             pages_fetched += len(pages)
             server_times.extend(page.server_time for page in pages if page.server_time is not None)
             api_total = pages[-1].meta.total
@@ -312,8 +311,8 @@ class OrderSyncClient:
             return []
 
     # -- paging ------------------------------------------------------------------------------------
-    def _fetch_every_page(self, day: dt.date, concurrent_pages: int) -> list[Page]:
-        """All pages of one by-date pass; page 1 reveals the total, the rest run `concurrent_pages` at a time."""
+    def _fetch_every_page(self, day: dt.date) -> list[Page]:
+        """All pages of one by-date pass; page 1 reveals the total, the rest run concurrently."""
         first = self.get_order_statuses_page(day, day, 1)
         if not first.meta.has_more:
             return [first]
@@ -321,10 +320,10 @@ class OrderSyncClient:
         page_count = max(2, math.ceil(first.meta.total / per_page))
         pages = [first]
         remaining = range(2, page_count + 1)
-        if concurrent_pages == 1:
+        if self.max_concurrent_pages == 1:
             pages.extend(self.get_order_statuses_page(day, day, n) for n in remaining)
         else:
-            with ThreadPoolExecutor(concurrent_pages, thread_name_prefix="ordersync-page") as pool:
+            with ThreadPoolExecutor(self.max_concurrent_pages, thread_name_prefix="ordersync-page") as pool:
                 pages.extend(pool.map(lambda n: self.get_order_statuses_page(day, day, n), remaining))
         # The total may have grown while we paged: keep following has_more, one page at a time.
         while pages[-1].meta.has_more and pages[-1].records:

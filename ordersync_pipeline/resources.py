@@ -36,9 +36,8 @@ class OrderSyncResource(dg.ConfigurableResource):
 
     api_key: str = Field(description="OrderSync API key (pk_live_...). Set it with EnvVar('ORDERSYNC_API_KEY').")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL; https only, except loopback.")
-    max_concurrent_pages: int = Field(
-        default=4, description="by-date pages fetched at once after the first, shared by the days in flight.")
-    days_in_flight: int = Field(default=8, description="Days of a range fetched ahead while others are stored.")
+    max_concurrent_pages: int = Field(default=4, description="by-date pages fetched at once after the first.")
+    days_in_flight: int = Field(default=4, description="Days of a range fetched ahead while others are stored.")
     requests_per_second: float | None = Field(default=None, description="Client-side request budget; None = no limit.")
     max_attempts: int = Field(default=8, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
     request_budget_seconds: float = Field(default=120.0, description="Total time one request may take, retries included.")
@@ -50,7 +49,7 @@ class OrderSyncResource(dg.ConfigurableResource):
             self.api_key,
             self.base_url,
             max_concurrent_pages=self.max_concurrent_pages,
-            max_connections=max(self.max_concurrent_pages, self.days_in_flight) + 2,  # see sync.fetch_day_loads
+            max_connections=self.max_concurrent_pages * self.days_in_flight + 2,
             requests_per_second=self.requests_per_second,
             max_attempts=self.max_attempts,
             request_budget_seconds=self.request_budget_seconds,
@@ -269,7 +268,7 @@ def resources_from_env(retailer: str | None = None) -> dict[str, dg.Configurable
             api_key=dg.EnvVar(api_key_setting(retailer)),
             base_url=os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
             max_concurrent_pages=number_from_env("ORDERSYNC_MAX_CONCURRENT_PAGES", "4"),
-            days_in_flight=number_from_env("ORDERSYNC_DAYS_IN_FLIGHT", "8"),
+            days_in_flight=number_from_env("ORDERSYNC_DAYS_IN_FLIGHT", "4"),
             requests_per_second=(number_from_env("ORDERSYNC_REQUESTS_PER_SECOND", "", float, minimum=0.001)
                                  if os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND") else None),
         ),

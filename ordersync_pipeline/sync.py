@@ -27,12 +27,10 @@ KNOWN_STATUSES = ("processing", "backordered", "shipped", "in_transit", "deliver
 CLOSED_STATUSES = ("delivered", "cancelled")
 
 
-def fetch_day_load(
-    client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw", concurrent_pages: int | None = None
-) -> DayLoad:
+def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw") -> DayLoad:
     """Every record of `day` from by-date, normalised and ready for warehouse.replace_days."""
     fetched_at = dt.datetime.now(dt.timezone.utc)
-    fetch = client.fetch_order_statuses_for_day(day, concurrent_pages=concurrent_pages)
+    fetch = client.fetch_order_statuses_for_day(day)
     normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day, pii_mode=pii_mode)
     return DayLoad(
         day=day,
@@ -56,27 +54,21 @@ def fetch_day_loads(
     """DayLoads in day order, fetching up to `days_in_flight` days ahead while the caller stores one.
 
     Memory stays bounded by the window, whatever the range: a year's backfill holds a few days at a time.
-    The days in flight share the client's max_concurrent_pages: each reads that many pages at once divided
-    by the days in flight (at least one), so a request is in flight per day on a long range. Measured on
-    loopback and at 20 ms per request, pages of one day side by side only added threads fighting for the
-    GIL once several days were in flight; a single day still gets all of them.
     """
-    options = {"pii_mode": pii_mode,
-               "concurrent_pages": max(1, client.max_concurrent_pages // max(1, min(days_in_flight, len(days))))}
     if days_in_flight <= 1:
-        yield from (fetch_day_load(client, day, **options) for day in days)
+        yield from (fetch_day_load(client, day, pii_mode=pii_mode) for day in days)
         return
     pool = ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day")
     pending: deque[Future[DayLoad]] = deque()
     upcoming = iter(days)
     try:
         for day in itertools.islice(upcoming, days_in_flight):
-            pending.append(pool.submit(fetch_day_load, client, day, **options))
+            pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode))
         while pending:
             load = pending.popleft().result()
             next_day = next(upcoming, None)
             if next_day is not None:
-                pending.append(pool.submit(fetch_day_load, client, next_day, **options))
+                pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode))
             yield load
     finally:
         # A failed or abandoned range: queued days never start, and the caller's error is not held up
