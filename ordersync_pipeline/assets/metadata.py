@@ -20,7 +20,8 @@ def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, obj
 def table_figures(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:
     """Row count and name of a DuckDB table: what a materialization says about it besides its columns."""
     row_count = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return {"dagster/row_count": dg.MetadataValue.int(int(row_count)), "dagster/table_name": dg.MetadataValue.text(table)}
+    return {"dagster/row_count": dg.MetadataValue.int(int(row_count)),
+            "dagster/table_name": dg.MetadataValue.text(table)}
 
 
 def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:

@@ -32,7 +32,7 @@ PROGRESS_LOG_SECONDS = 5.0
     kinds={"duckdb", "polars"},
     group_name="ordersync",
     # Declared once, not in each materialization: a range run writes one event per partition, each carrying
-    # the run's metadata, and the schema was nine tenths of it (5.5 kB each, 2 MB of event log for a year).
+    # the run's metadata, and the schema was over half of it (8.8 -> 3.9 kB an event; 1.8 MB for a year).
     metadata={"dagster/column_schema": raw_table_column_schema("order_statuses")},
 )
 def order_statuses(
