@@ -247,7 +247,7 @@ def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, c
         env["PYTHONPATH"] = str(cwd)
         imported = subprocess.run([sys.executable, "-c", "import ordersync_pipeline; print(ordersync_pipeline.__file__)"],
                                   env=env, cwd=cwd, capture_output=True, text=True).stdout.strip()
-        if not imported.startswith(str(cwd)):
+        if not imported or not Path(imported).is_relative_to(cwd):
             raise SystemExit(f"--compare-with {checkout}: its code is not what runs (ordersync_pipeline from {imported!r})")
     log = database.with_suffix(".log")
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run

@@ -42,9 +42,9 @@ def test_a_range_of_partitions_in_one_run_equals_the_simulator_record_by_record(
     columns = order_statuses.specs_by_key[dg.AssetKey("order_statuses")].metadata["dagster/column_schema"].columns
     assert [c.name for c in columns][:3] == ["order_id", "order_status_id", "supplier_order_id"]
     with duckdb.connect(database, read_only=True) as conn:
-        described = dict(conn.execute("SELECT column_name, comment FROM duckdb_columns() "
-                                      "WHERE table_name = 'order_statuses'").fetchall())
-    assert {c.name: c.description for c in columns} == described
+        in_file = conn.execute("SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
+                               "WHERE table_name = 'order_statuses' ORDER BY column_index").fetchall()
+    assert [(c.name, c.type, c.constraints.nullable, c.description) for c in columns] == in_file
 
 
 def test_rerunning_partitions_replaces_them_without_duplicates(simulator, resources, database):
