@@ -166,10 +166,10 @@ def across_retailers_summary(script: Path) -> str:
 
     with duckdb.connect() as conn:
         conn.execute(script.read_text())
-        return "Lines per retailer (all_retailers.sql):\n" + str(conn.sql(
+        return "Lines per retailer (all_retailers.sql):\n" + str(pl.DataFrame(conn.sql(
             "SELECT retailer, count(*) AS lines, count(DISTINCT po_number) AS po_numbers, "
             "(SELECT count(*) FROM open_orders o WHERE o.retailer = s.retailer) AS open_lines "
-            "FROM order_statuses s GROUP BY ALL ORDER BY retailer").pl())
+            "FROM order_statuses s GROUP BY ALL ORDER BY retailer")))
 
 
 def run_across_retailers(args: argparse.Namespace) -> int:
@@ -217,7 +217,7 @@ def demo_summary(database: str) -> str:
                                   "strftime(timezone('UTC', min(order_date)), '%Y-%m-%d %H:%M:%S UTC') AS oldest "
                                   "FROM open_orders GROUP BY 1 ORDER BY min(age_days)"),
         ]
-        return "\n\n".join(f"{title}:\n{conn.sql(sql).pl()}" for title, sql in sections)
+        return "\n\n".join(f"{title}:\n{pl.DataFrame(conn.sql(sql))}" for title, sql in sections)
 
 
 def _run_dagster_ui(port: int) -> int:

@@ -68,7 +68,7 @@ def write_report(database: str | Path, output: str | Path | None = None) -> Path
 
 def render_report(database: Path) -> str:
     with _open(database) as conn:
-        snapshot = conn.sql("SELECT * FROM published_snapshot").pl().row(0, named=True)
+        snapshot = pl.DataFrame(conn.sql("SELECT * FROM published_snapshot")).row(0, named=True)
         target = conn.execute("SELECT any_value(delivery_target_days) FROM supplier_scorecard").fetchall()[0][0]
         target = target or delivery_target_days_from_env()
         headlines = [(h, _format(conn.execute(h.sql).fetchall()[0][0])) for h in HEADLINES]
@@ -86,9 +86,9 @@ def render_report(database: Path) -> str:
             ("Stuck lines", "Open lines observed in one status the longest: chase these first.",
              longest_stuck(conn, TABLE_ROWS)),
             ("Late open lines", f"Open for more than the {target}-day delivery target, oldest first.",
-             conn.sql("SELECT po_number, supplier, status, age_days, order_date FROM open_orders WHERE age_days > $target "
+             pl.DataFrame(conn.sql("SELECT po_number, supplier, status, age_days, order_date FROM open_orders WHERE age_days > $target "
                       "ORDER BY age_days DESC, order_date, order_status_id LIMIT $limit",
-                      params={"target": target, "limit": TABLE_ROWS}).pl()),
+                      params={"target": target, "limit": TABLE_ROWS}))),
         ]
         counts = {"Stuck lines": conn.execute("SELECT count(*) FROM stuck_lines").fetchall()[0][0],
                   "Late open lines": conn.execute("SELECT count(*) FROM open_orders WHERE age_days > $target",

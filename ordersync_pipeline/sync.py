@@ -118,8 +118,8 @@ def refresh_open_lines_before(
 
     Lines without a PO number are looked up by supplier order id instead, one request each.
     """
-    open_lines = conn.sql(
-        f"SELECT DISTINCT po_number, supplier_order_id FROM ({open_lines_sql('order_day < ?')})", params=[before_day]).pl()
+    open_lines = pl.DataFrame(conn.sql(
+        f"SELECT DISTINCT po_number, supplier_order_id FROM ({open_lines_sql('order_day < ?')})", params=[before_day]))
     po_numbers = sorted(open_lines["po_number"].drop_nulls().unique().to_list())
     supplier_orders = sorted(
         open_lines.filter(pl.col("po_number").is_null())["supplier_order_id"].drop_nulls().unique().to_list()

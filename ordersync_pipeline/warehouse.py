@@ -1,7 +1,7 @@
 """The DuckDB side of the raw tables: schema, comments, replacing a day atomically, applying refreshes.
 
 Knows no HTTP and no Dagster. Frames come from normalise.py and are inserted through Arrow
-(`INSERT ... BY NAME SELECT * FROM frame`), never row by row. Each write is one transaction, so a run that
+(`INSERT ... BY NAME SELECT * FROM frame`, the frame wrapped in `ArrowStream`), never row by row. Each write is one transaction, so a run that
 dies at any point leaves a day either fully old or fully new.
 """
 
@@ -198,6 +198,21 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+class ArrowStream:
+    """A polars frame as DuckDB reads it in SQL without pyarrow: through the Arrow PyCapsule interface.
+
+    Given a polars frame itself, DuckDB converts it to a pyarrow Table, and importing pyarrow adds ~43 MB to
+    the process's RSS; an object with `__arrow_c_stream__` it scans directly. Scanned by several statements,
+    it is as fast as a pyarrow Table converted once (200,000 rows, 5 inserts: 45 ms each, both).
+    """
+
+    def __init__(self, frame: pl.DataFrame):
+        self.frame = frame
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return self.frame.__arrow_c_stream__(requested_schema)
+
+
 def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
     """Swap whole days' rows, rejects and load records, and record status history, in one transaction.
 
@@ -207,12 +222,11 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
     days = [load.day for load in loads]
     if len(set(days)) != len(days):
         raise ValueError(f"replace_days got the same day twice: {days}")
-    # Arrow once per frame: DuckDB would convert a polars frame again at every statement that reads it.
-    rows = pl.concat([load.rows.select(list(ORDER_STATUS_SCHEMA)) for load in loads]).to_arrow()
-    observed = pl.concat([_observations(load.rows, load.observed_at) for load in loads]).to_arrow()
-    rejects = pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
-        pl.lit("by-date").alias("source")).to_arrow()
-    day_loads = pl.DataFrame(
+    rows = ArrowStream(pl.concat([load.rows.select(list(ORDER_STATUS_SCHEMA)) for load in loads]))
+    observed = ArrowStream(pl.concat([_observations(load.rows, load.observed_at) for load in loads]))
+    rejects = ArrowStream(pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
+        pl.lit("by-date").alias("source")))
+    day_loads = ArrowStream(pl.DataFrame(
         {"order_day": days, "api_total": [load.api_total for load in loads],
          "rows_stored": [load.rows.height for load in loads], "rejects": [load.rejects.height for load in loads],
          "duplicates_dropped": [load.duplicates_dropped for load in loads],
@@ -222,7 +236,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
          "extra_field_names": [list(load.extra_field_names) for load in loads],
          "fetched_at": [load.fetched_at for load in loads]},
         schema_overrides={"extra_field_names": pl.List(pl.String)},
-    ).to_arrow()
+    ))
     # The range bounds let DuckDB skip row groups by their min/max order_day; the list is what is replaced.
     in_days = f"order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}' AND order_day IN ({_date_list(days)})"
     with transaction(conn):
@@ -253,8 +267,8 @@ def apply_refreshed_statuses(
     Only lines already stored are updated: a line of a day not loaded yet arrives with that day's load.
     `observed_at`: the API's clock at the look-up, recorded in history (default: the rows' fetched_at).
     """
-    rows = rows.select(list(ORDER_STATUS_SCHEMA))
-    rejects = rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source"))
+    rows = ArrowStream(rows.select(list(ORDER_STATUS_SCHEMA)))
+    rejects = ArrowStream(rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source")))
     assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
     with transaction(conn):
         updated = conn.execute(
@@ -263,16 +277,16 @@ def apply_refreshed_statuses(
         # Rejects of look-ups belong to no day: keep only the latest refresh's.
         conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
         conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
-        observed = _observations(rows, observed_at).to_arrow()
-        stored = conn.sql("SELECT * FROM observed SEMI JOIN order_statuses USING (order_status_id)").to_arrow_table()
-        _record_history(conn, stored)
+        observed = ArrowStream(_observations(rows.frame, observed_at))
+        stored = pl.DataFrame(conn.sql("SELECT * FROM observed SEMI JOIN order_statuses USING (order_status_id)"))
+        _record_history(conn, ArrowStream(stored))
     return int(updated)
 
 
-def _record_history(conn: duckdb.DuckDBPyConnection, observed: object, days: list[dt.date] | None = None) -> None:
+def _record_history(conn: duckdb.DuckDBPyConnection, observed: ArrowStream, days: list[dt.date] | None = None) -> None:
     """Extend each observed line's current status spell, or close it and open a new one if its status changed.
 
-    `observed`: an Arrow table or polars frame with order_status_id, order_day, status, observed_at.
+    `observed`: order_status_id, order_day, status, observed_at.
     `days`: all rows are of these order_days, so only their history is scanned (zone maps skip the rest).
     """
     latest = "h.is_latest"

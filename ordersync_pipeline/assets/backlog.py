@@ -152,8 +152,8 @@ def open_order_backlog(context: dg.AssetExecutionContext, warehouse: OrderSyncWa
 
 def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """What the backlog chart draws (the asset's page and `ordersync report`): open lines per day and age bucket."""
-    return conn.sql("SELECT as_of_day, age_bucket, sum(open_lines) AS open_lines FROM open_order_backlog "
-                    "GROUP BY ALL").pl()
+    return pl.DataFrame(conn.sql("SELECT as_of_day, age_bucket, sum(open_lines) AS open_lines FROM open_order_backlog "
+                    "GROUP BY ALL"))
 
 
 def backlog_chart(by_day: pl.DataFrame, fmt: charts.Format = "png") -> bytes:
@@ -171,16 +171,16 @@ def _backlog_headline(conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
     if latest is None:
         return {"latest_day": "none observed yet"}
     week_before = latest - dt.timedelta(days=7)
-    by_supplier = conn.sql("""
+    by_supplier = pl.DataFrame(conn.sql("""
         SELECT supplier,
                sum(open_lines) FILTER (WHERE as_of_day = $latest) AS open_lines,
                sum(open_lines) FILTER (WHERE as_of_day = $week_before) AS open_lines_7_days_before,
                sum(open_lines) FILTER (WHERE as_of_day = $latest AND age_bucket NOT IN ('0-2', '3-7')) AS older_than_7_days
         FROM open_order_backlog WHERE as_of_day IN ($latest, $week_before)
         GROUP BY supplier ORDER BY open_lines DESC NULLS LAST
-    """, params={"latest": latest, "week_before": week_before}).pl()
-    trend = conn.sql("SELECT as_of_day, sum(open_lines) AS open_lines, sum(open_orders) AS open_orders "
-                     "FROM open_order_backlog GROUP BY 1 ORDER BY 1 DESC LIMIT 14").pl()
+    """, params={"latest": latest, "week_before": week_before}))
+    trend = pl.DataFrame(conn.sql("SELECT as_of_day, sum(open_lines) AS open_lines, sum(open_orders) AS open_orders "
+                     "FROM open_order_backlog GROUP BY 1 ORDER BY 1 DESC LIMIT 14"))
     today = int(by_supplier["open_lines"].sum() or 0)
     before = by_supplier["open_lines_7_days_before"]
     headline: dict[str, object] = {"latest_day": str(latest), "open_lines": today}
@@ -207,9 +207,9 @@ def stuck_lines(
         else:
             rebuild(conn, [(STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": config.stuck_after_days})],
                     stuck_lines_comments(config.stuck_after_days))
-        by_supplier = conn.sql(
+        by_supplier = pl.DataFrame(conn.sql(
             "SELECT supplier, status, count(*) AS lines, max(days_in_status) AS longest_days FROM stuck_lines "
-            "GROUP BY ALL ORDER BY lines DESC").pl()
+            "GROUP BY ALL ORDER BY lines DESC"))
         metadata = table_metadata(conn, "stuck_lines")
     return dg.MaterializeResult(metadata={
         **metadata,
@@ -222,8 +222,8 @@ def stuck_lines(
 
 def longest_stuck(conn: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
     """The stuck lines to chase first: longest in one status (the check's description and the report)."""
-    return conn.sql("SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
-                    "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}).pl()
+    return pl.DataFrame(conn.sql("SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
+                    "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}))
 
 
 @dg.asset_check(asset=stuck_lines, pool=DUCKDB_WRITERS_POOL, description="open lines stuck in one status (warns, worst first)")

@@ -129,7 +129,7 @@ def rebuild(conn: duckdb.DuckDBPyConnection, statements: list[tuple[str, dict]],
 
 def lead_times_by_carrier(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """What the lead-time chart draws (the asset's page and `ordersync report`)."""
-    return conn.sql("SELECT carrier, lead_time_days FROM delivery_lead_times").pl()
+    return pl.DataFrame(conn.sql("SELECT carrier, lead_time_days FROM delivery_lead_times"))
 
 
 @dg.asset(deps=[order_statuses, order_status_refresh], **MART)
@@ -139,11 +139,11 @@ def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncW
     with warehouse.connect() as conn:
         rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
         by_carrier = lead_times_by_carrier(conn)
-        by_supplier = conn.sql("""
+        by_supplier = pl.DataFrame(conn.sql("""
             SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
                    round(quantile_cont(lead_time_days, 0.9), 2) AS p90_days
             FROM delivery_lead_times GROUP BY 1 ORDER BY 1
-        """).pl()
+        """))
         metadata = table_metadata(conn, "delivery_lead_times")
     lead_times = by_carrier["lead_time_days"]
     headline = {}
@@ -179,7 +179,7 @@ def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse
             as_of = built_as_of_day
         else:
             rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
-        summary = conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary").pl()
+        summary = pl.DataFrame(conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary"))
         older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
         metadata = table_metadata(conn, "open_orders")
     return dg.MaterializeResult(metadata={

@@ -224,4 +224,4 @@ def recent_supplier_figures(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 def _recent_weeks(conn: duckdb.DuckDBPyConnection, table: str, sql: str):
     """`sql` with $since = the first of the last four order weeks in `table`."""
     since = conn.execute(f"SELECT max(order_week) - INTERVAL 21 DAY FROM {table}").fetchall()[0][0]
-    return conn.sql(sql, params={"since": since}).pl()
+    return pl.DataFrame(conn.sql(sql, params={"since": since}))
