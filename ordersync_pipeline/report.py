@@ -86,9 +86,10 @@ def render_report(database: Path) -> str:
             ("Stuck lines", "Open lines observed in one status the longest: chase these first.",
              longest_stuck(conn, TABLE_ROWS)),
             ("Late open lines", f"Open for more than the {target}-day delivery target, oldest first.",
-             pl.DataFrame(conn.sql("SELECT po_number, supplier, status, age_days, order_date FROM open_orders WHERE age_days > $target "
-                      "ORDER BY age_days DESC, order_date, order_status_id LIMIT $limit",
-                      params={"target": target, "limit": TABLE_ROWS}))),
+             pl.DataFrame(conn.sql(
+                 "SELECT po_number, supplier, status, age_days, order_date FROM open_orders WHERE age_days > $target "
+                 "ORDER BY age_days DESC, order_date, order_status_id LIMIT $limit",
+                 params={"target": target, "limit": TABLE_ROWS}))),
         ]
         counts = {"Stuck lines": conn.execute("SELECT count(*) FROM stuck_lines").fetchall()[0][0],
                   "Late open lines": conn.execute("SELECT count(*) FROM open_orders WHERE age_days > $target",

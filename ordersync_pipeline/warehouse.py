@@ -1,8 +1,8 @@
 """The DuckDB side of the raw tables: schema, comments, replacing a day atomically, applying refreshes.
 
 Knows no HTTP and no Dagster. Frames come from normalise.py and are inserted through Arrow
-(`INSERT ... BY NAME SELECT * FROM frame`, the frame wrapped in `ArrowStream`), never row by row. Each write is one transaction, so a run that
-dies at any point leaves a day either fully old or fully new.
+(`INSERT ... BY NAME SELECT * FROM frame`, the frame wrapped in `ArrowStream`), never row by row. Each write
+is one transaction, so a run that dies at any point leaves a day either fully old or fully new.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from ordersync_pipeline_tests.truth import assert_table_equals_truth
 pytestmark = pytest.mark.slow
 
 
-def dagster(args: list[str], simulator, database: str, python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def dagster(args: list[str], simulator, database: str,
+            python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": simulator.base_url,
            **duckdb_env(database)}
     env.pop("DAGSTER_HOME", None)
@@ -32,17 +33,24 @@ def test_partition_range_materialize_command(simulator, database):
                          "--partition-range", "2025-12-01...2025-12-07"], simulator, database, ("-X", "importtime"))
     assert_table_equals_truth(database, simulator.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 7)))
     assert "order_statuses_order_status_id_is_unique - STEP_SUCCESS" in completed.stderr  # the checks ran too
-    imported = [line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines() if line.startswith("import time:")]
+    assert_never_imported_pyarrow(completed)
+
+
+def assert_never_imported_pyarrow(completed: subprocess.CompletedProcess) -> None:
+    """Of a command run with `python -X importtime`."""
+    imported = [line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines()
+                if line.startswith("import time:")]
     assert "polars" in imported and "duckdb" in imported
     assert not [name for name in imported if name.startswith("pyarrow")]
 
 
 def test_daily_job_command(simulator, database):
     completed = dagster(["job", "execute", "-m", "ordersync_pipeline.definitions", "-j", "daily_order_sync",
-                         "--tags", '{"dagster/partition": "2025-12-09"}'], simulator, database)
+                         "--tags", '{"dagster/partition": "2025-12-09"}'], simulator, database, ("-X", "importtime"))
     with duckdb.connect(database, read_only=True) as conn:
         days = [d for (d,) in conn.execute("SELECT DISTINCT order_day FROM order_statuses ORDER BY 1").fetchall()]
         open_lines = conn.execute("SELECT count(*) FROM open_orders").fetchall()[0][0]
     assert days == [dt.date(2025, 11, 25) + dt.timedelta(days=i) for i in range(15)]  # D and 14 lookback days
     assert open_lines > 0
     assert SIMULATOR_API_KEY not in completed.stdout + completed.stderr
+    assert_never_imported_pyarrow(completed)  # the refresh, marts and charts neither

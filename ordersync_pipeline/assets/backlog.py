@@ -152,8 +152,8 @@ def open_order_backlog(context: dg.AssetExecutionContext, warehouse: OrderSyncWa
 
 def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """What the backlog chart draws (the asset's page and `ordersync report`): open lines per day and age bucket."""
-    return pl.DataFrame(conn.sql("SELECT as_of_day, age_bucket, sum(open_lines) AS open_lines FROM open_order_backlog "
-                    "GROUP BY ALL"))
+    return pl.DataFrame(conn.sql("SELECT as_of_day, age_bucket, sum(open_lines) AS open_lines "
+                                 "FROM open_order_backlog GROUP BY ALL"))
 
 
 def backlog_chart(by_day: pl.DataFrame, fmt: charts.Format = "png") -> bytes:
@@ -180,7 +180,7 @@ def _backlog_headline(conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
         GROUP BY supplier ORDER BY open_lines DESC NULLS LAST
     """, params={"latest": latest, "week_before": week_before}))
     trend = pl.DataFrame(conn.sql("SELECT as_of_day, sum(open_lines) AS open_lines, sum(open_orders) AS open_orders "
-                     "FROM open_order_backlog GROUP BY 1 ORDER BY 1 DESC LIMIT 14"))
+                                  "FROM open_order_backlog GROUP BY 1 ORDER BY 1 DESC LIMIT 14"))
     today = int(by_supplier["open_lines"].sum() or 0)
     before = by_supplier["open_lines_7_days_before"]
     headline: dict[str, object] = {"latest_day": str(latest), "open_lines": today}
@@ -222,8 +222,9 @@ def stuck_lines(
 
 def longest_stuck(conn: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
     """The stuck lines to chase first: longest in one status (the check's description and the report)."""
-    return pl.DataFrame(conn.sql("SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
-                    "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}))
+    return pl.DataFrame(conn.sql(
+        "SELECT order_status_id, po_number, supplier, status, days_in_status, status_since FROM stuck_lines "
+        "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}))
 
 
 @dg.asset_check(asset=stuck_lines, pool=DUCKDB_WRITERS_POOL, description="open lines stuck in one status (warns, worst first)")

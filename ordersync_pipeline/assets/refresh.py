@@ -16,7 +16,7 @@ from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, lookback_days_from_env
 from ordersync_pipeline.sync import refresh_open_lines_before, store_days
-from ordersync_pipeline.warehouse import apply_comments
+from ordersync_pipeline.warehouse import ArrowStream, apply_comments
 
 REFRESH_LOG_SQL = """
 CREATE TABLE IF NOT EXISTS order_status_refreshes (
@@ -100,14 +100,14 @@ def order_status_refresh(
             f"refreshed open lines ordered before {window_start}: {result.po_numbers_requested} PO numbers, "
             f"{result.lines_returned} lines returned, {result.lines_updated} updated"
         )
-        log_row = pl.DataFrame({
+        log_row = ArrowStream(pl.DataFrame({
             "as_of_day": [as_of], "refreshed_at": [dt.datetime.now(dt.timezone.utc)],
             "lookback_days": [config.lookback_days], "days_refetched": [len(lookback)],
             "lines_refetched": [lines_refetched], "po_numbers_requested": [result.po_numbers_requested],
             "supplier_orders_requested": [result.supplier_orders_requested],
             "lines_returned": [result.lines_returned], "lines_updated": [result.lines_updated],
             "api_requests": [client.counter.requests],
-        })
+        }))
         conn.execute(REFRESH_LOG_SQL)
         apply_comments(conn, REFRESH_LOG_COMMENTS)
         conn.execute("INSERT INTO order_status_refreshes BY NAME SELECT * FROM log_row")
