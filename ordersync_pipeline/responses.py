@@ -27,6 +27,7 @@ from ordersync_pipeline.api_errors import (
 from ordersync_pipeline.records import decode_body
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
+NOT_THE_API = f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,7 @@ class Page:
 
 
 def wrong_base_url(not_found: OrderSyncNotFoundError, why: str) -> OrderSyncConfigError:
-    return OrderSyncConfigError(
-        f"{not_found} ({why}): ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like "
-        f"{DEFAULT_BASE_URL})"
-    )
+    return OrderSyncConfigError(f"{not_found} ({why}): {NOT_THE_API}")
 
 
 def _is_json_error_envelope(response: httpx.Response) -> bool:
@@ -77,13 +75,12 @@ def parse_page(response: httpx.Response, method: str, path: str, api_key: str) -
     content_type = response.headers.get("Content-Type", "application/json")
     if 200 <= status < 300 and "json" not in content_type:
         raise OrderSyncConfigError(
-            f"OrderSync answered {method} {path} with {content_type}, not JSON: ORDERSYNC_BASE_URL does not point at "
-            f"the Order Status API (it should look like {DEFAULT_BASE_URL})"
+            f"OrderSync answered {method} {path} with {content_type}, not JSON: {NOT_THE_API}"
         )
     if status == 404 and not _is_json_error_envelope(response):  # a web server's page, not the API's answer
         raise OrderSyncConfigError(
             f"OrderSync answered {method} {path} with HTTP 404 ({content_type}) and not the API's JSON error: "
-            f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"
+            + NOT_THE_API
         )
     if 400 <= status < 500:
         message = server_message(response, api_key)

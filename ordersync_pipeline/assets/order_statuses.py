@@ -119,6 +119,11 @@ def _warn_about_day(context: dg.AssetExecutionContext, load: DayLoad) -> None:
                             "returned; stored what it returned, the row-count check will flag it")
 
 
+def _connect_for_check(warehouse: OrderSyncWarehouse):
+    """A check's connection: under STORE_MEMORY_LIMIT as well, because every check reads the whole table."""
+    return warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT)
+
+
 def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: object) -> dg.AssetCheckResult:
     # The ERROR checks are blocking: a failure stops the rest of the run (refresh, marts, analyst_database),
     # so analysts stay on the last good snapshot while the check's page in the UI says why.
@@ -128,7 +133,7 @@ def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **me
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, blocking=True,
                 description="order_status_id is unique across the table")
 def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         duplicated = pl.DataFrame(conn.sql(
             "SELECT order_status_id, count(*) AS copies FROM order_statuses GROUP BY 1 HAVING count(*) > 1 "
             "ORDER BY copies DESC, order_status_id LIMIT 20"
@@ -145,7 +150,7 @@ REQUIRED_COLUMNS = ("order_status_id", "order_id", "order_date", "order_day", "s
                 description=f"{', '.join(REQUIRED_COLUMNS)} are never null")
 def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in REQUIRED_COLUMNS)
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         nulls = pl.DataFrame(conn.sql(f"SELECT {counts} FROM order_statuses")).row(0, named=True)
     offending = {column: count for column, count in nulls.items() if count}
     return _check(not offending, dg.AssetCheckSeverity.ERROR,
@@ -158,7 +163,7 @@ def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL,
                 description="delivery_date is never before order_date (warns; such lines are left out of lead times)")
 def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         bad = pl.DataFrame(conn.sql(
             "SELECT order_status_id, supplier, carrier, order_date, delivery_date FROM order_statuses "
             "WHERE delivery_date < order_date ORDER BY order_date"
@@ -171,7 +176,7 @@ def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="statuses outside the known vocabulary (warns, listing them)")
 def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     known = ", ".join(f"'{s}'" for s in KNOWN_STATUSES)
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         unknown = pl.DataFrame(conn.sql(
             f"SELECT coalesce(status, '(null)') AS status, count(*) AS lines FROM order_statuses "
             f"WHERE lower(trim(coalesce(status, ''))) NOT IN ({known}) GROUP BY 1 ORDER BY lines DESC"
@@ -185,7 +190,7 @@ def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheck
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, blocking=True,
                 description="each loaded day accounts for the API's meta.total: lines stored + records rejected")
 def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         mismatched = pl.DataFrame(conn.sql("""
             SELECT l.order_day, l.api_total, coalesce(s.stored, 0) AS stored, l.rejects
             FROM order_status_loads AS l
@@ -200,7 +205,7 @@ def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckR
 
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="records the API sent that broke the contract (warns)")
 def no_rejected_records(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
-    with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with _connect_for_check(warehouse) as conn:
         reasons = pl.DataFrame(conn.sql(
             "SELECT source, regexp_replace(reason, ' .*', '') AS kind, count(*) AS records, min(reason) AS example "
             "FROM order_status_rejects GROUP BY ALL ORDER BY records DESC"
