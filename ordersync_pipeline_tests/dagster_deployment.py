@@ -64,10 +64,26 @@ class Deployment:
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
-        response.raise_for_status()
+        # The webserver answers 500 when a resolver caught a Python error; its body names the error.
+        assert response.status_code == 200, f"GraphQL {response.status_code}: {response.text[:3000]}"
         body = response.json()
         assert "errors" not in body, body["errors"]
         return body["data"]
+
+    def wait_until_code_loaded(self, timeout: float = 120) -> None:
+        """Until the code location has loaded; fails with Dagster's own error if it could not load."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.graphql("""{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+                locationOrLoadError { __typename ... on PythonError { message } } } } } }""")["workspaceOrError"]
+            entries = entries.get("locationEntries") or []
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                errors = [e["locationOrLoadError"] for e in entries
+                          if e["locationOrLoadError"]["__typename"] == "PythonError"]
+                assert not errors, f"the code location did not load: {errors}; logs in {self.logs}"
+                return
+            assert time.monotonic() < deadline, f"the code location did not load within {timeout:g} s: {entries}"
+            time.sleep(1)
 
     def repository(self) -> dict:
         data = self.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
@@ -143,12 +159,18 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
     port = free_port()
     env = {**env, "DAGSTER_HOME": str(dagster_home)}
     python_bin = Path(sys.executable).parent
+    # Webserver and daemon started together on fresh storage both create its tables and stamp its schema
+    # version; on a loaded machine both stamps land and every later start fails with "Version table
+    # 'alembic_version' has more than one head present". The README's deployment steps do the same.
+    subprocess.run([str(python_bin / "dagster"), "instance", "migrate"], env=env, check=True, timeout=120,
+                   stdout=subprocess.DEVNULL)
     webserver = _start([str(python_bin / "dagster-webserver"), "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
                        env, dagster_home / "webserver.log")
     daemon = _start([str(python_bin / "dagster-daemon"), "run", "-m", LOCATION], env, dagster_home / "daemon.log")
     deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
     try:
         wait_until_serving(deployment.url, webserver, dagster_home / "webserver.log")
+        deployment.wait_until_code_loaded()
         yield deployment
     finally:
         _stop(daemon)
