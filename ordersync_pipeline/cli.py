@@ -163,6 +163,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def across_retailers_summary(script: Path) -> str:
     """Lines and open lines per retailer, through the cross-retailer views."""
     import duckdb
+    import polars as pl
 
     with duckdb.connect() as conn:
         conn.execute(script.read_text())

@@ -189,3 +189,26 @@ def test_across_retailers_command_prints_the_script_or_says_what_to_set(monkeypa
     script = capsys.readouterr().out
     assert f"ATTACH IF NOT EXISTS '{tmp_path}/it''s/acme/o.duckdb' AS acme (READ_ONLY);" in script
     assert "SELECT 'globex' AS retailer, * FROM globex.main.order_statuses" in script
+
+
+@pytest.mark.slow
+def test_demo_with_retailers_loads_each_and_prints_them_side_by_side(tmp_path):
+    """`ordersync demo --retailers 2` as the README gives it: a process of its own, no ORDERSYNC_* settings."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
+    completed = subprocess.run([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--retailers", "2", "--days", "2",
+                                "--orders-per-day", "20"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    script = tmp_path / "data" / "all_retailers.sql"
+    with duckdb.connect() as conn:
+        conn.execute(script.read_text())
+        lines = dict(conn.execute("SELECT retailer, count(*) FROM order_statuses GROUP BY 1").fetchall())
+    assert set(lines) == {"acme", "globex"} and all(lines.values())
+    summary = completed.stdout.split("Lines per retailer (all_retailers.sql):")[1]
+    for retailer, count in lines.items():  # the printed table holds what the comparison script reads
+        assert any(retailer in row and f" {count} " in row for row in summary.splitlines()), summary
+    assert f"duckdb -init {script}" in completed.stdout
