@@ -24,7 +24,7 @@ from ordersync_pipeline.snapshots import (
     storage_config,
     adopt_single_file_install,
 )
-from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error, sql_string
+from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error, lock_holder, sql_string
 
 DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
 ANALYST_PATH_SETTING = "ORDERSYNC_DUCKDB_PATH"
@@ -159,7 +159,8 @@ def _explaining_errors(path: str, setting: str, waited_seconds: float, call, *ar
 
 def _log_lock_wait(retry_state: tenacity.RetryCallState) -> None:
     error = retry_state.outcome.exception() if retry_state.outcome else None
-    dg.get_dagster_logger().warning(f"DuckDB file locked, waiting ({str(error).splitlines()[0][:200]})")
+    # The holder, not DuckDB's whole message: with a long path, its first 200 characters ended before the PID.
+    dg.get_dagster_logger().warning(f"DuckDB file locked by {lock_holder(error)}, waiting")
 
 
 def _is_lock_error(exc: BaseException) -> bool:

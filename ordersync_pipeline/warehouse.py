@@ -325,10 +325,15 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
 
+def lock_holder(error: Exception) -> str:
+    """Who holds the DuckDB file, as its lock error names it: 'PROGRAM (PID N)', else 'another process'."""
+    match = _LOCK_HOLDER.search(str(error))
+    return f"{match['program']} (PID {match['pid']})" if match else "another process"
+
+
 def explain_lock_error(path: str, error: Exception, waited_seconds: float) -> WarehouseLockedError:
     """Turn DuckDB's lock error into one that says who holds the file and what to do."""
-    match = _LOCK_HOLDER.search(str(error))
-    holder = f"{match['program']} (PID {match['pid']})" if match else "another process"
+    holder = lock_holder(error)
     return WarehouseLockedError(
         f"The DuckDB file {path} is locked by {holder}; this run waited {waited_seconds:g} s for it and could not "
         "write, so nothing was written or lost. DuckDB allows one writer or many readers, never both, so only the "

@@ -63,7 +63,9 @@ def test_a_run_blocked_by_an_analyst_fails_clearly_after_a_bounded_wait_and_lose
         assert analyst.stdout.readline().strip() == "open"
         simulator.clock.advance(days=3)
         started = time.monotonic()
-        result = dg.materialize([order_statuses], resources=resources, partition_key="2025-12-03", raise_on_error=False)
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([order_statuses], resources=resources, partition_key="2025-12-03", raise_on_error=False,
+                                instance=instance)
         waited = time.monotonic() - started
     finally:
         analyst.kill()
@@ -75,6 +77,9 @@ def test_a_run_blocked_by_an_analyst_fails_clearly_after_a_bounded_wait_and_lose
         message += error.message
         error = error.cause
     assert f"PID {analyst.pid}" in message and "waited 2 s" in message and "nothing was written" in message
+    # While it waited, the run's log said who held the file (a long path once cut the PID off).
+    waits = {e.user_message for e in instance.all_logs(result.run_id) if "DuckDB file locked" in e.user_message}
+    assert waits == {f"DuckDB file locked by {os.path.realpath(sys.executable)} (PID {analyst.pid}), waiting"}, waits
     assert_table_equals_truth(database, truth)  # the day as it was before the blocked run
 
     assert dg.materialize([order_statuses], resources=resources, partition_key="2025-12-03").success  # retry works
