@@ -326,9 +326,11 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (
 
 
 def lock_holder(error: Exception) -> str:
-    """Who holds the DuckDB file, as its lock error names it: 'PROGRAM (PID N)', else 'another process'."""
+    """Who holds the DuckDB file, as its lock error names it: 'PROGRAM (PID N)'; else DuckDB's own words."""
     match = _LOCK_HOLDER.search(str(error))
-    return f"{match['program']} (PID {match['pid']})" if match else "another process"
+    if match:
+        return f"{match['program']} (PID {match['pid']})"
+    return f"another process (DuckDB: {str(error).splitlines()[0][:300]})"
 
 
 def explain_lock_error(path: str, error: Exception, waited_seconds: float) -> WarehouseLockedError:

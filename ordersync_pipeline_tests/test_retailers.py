@@ -1,6 +1,9 @@
 """Many retailers in one deployment (ORDERSYNC_RETAILERS): each retailer's copy of the pipeline, isolated."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -194,10 +197,6 @@ def test_across_retailers_command_prints_the_script_or_says_what_to_set(monkeypa
 @pytest.mark.slow
 def test_demo_with_retailers_loads_each_and_prints_them_side_by_side(tmp_path):
     """`ordersync demo --retailers 2` as the README gives it: a process of its own, no ORDERSYNC_* settings."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
     completed = subprocess.run([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--retailers", "2", "--days", "2",
                                 "--orders-per-day", "20"], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -111,6 +111,10 @@ def test_a_lock_error_names_the_holder_and_what_to_do():
                                "/usr/bin/duckdb (PID 4242) by user ana.")
     message = str(warehouse.explain_lock_error("/d/x.duckdb", error, waited_seconds=120))
     assert "/usr/bin/duckdb (PID 4242)" in message and "nothing was written" in message and "re-run" in message
+    # A lock error worded otherwise still says what DuckDB said, rather than only "another process".
+    unnamed = duckdb.IOException('IO Error: Could not set lock on file "/d/x.duckdb": Resource temporarily unavailable')
+    assert warehouse.lock_holder(unnamed) == ('another process (DuckDB: IO Error: Could not set lock on file '
+                                              '"/d/x.duckdb": Resource temporarily unavailable)')
 
 
 def test_several_days_in_one_transaction_are_replaced_together_or_not_at_all(conn, monkeypatch):
