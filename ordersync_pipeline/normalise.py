@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -70,10 +71,28 @@ def _number_as_text(value: Any) -> Any:
     return json.dumps(value) if type(value) in (int, float) else value
 
 
-def personal_data_hash(text: str) -> str:
-    """SHA-256 hex of a customer name or email; people compare emails case-insensitively, so of a trimmed,
-    lower-cased form."""
-    return hashlib.sha256(text.strip().lower().encode()).hexdigest()
+class PersonalDataHasher:
+    """HMAC-SHA-256 hex of customer names and emails under a secret key: the same customer gets the same
+    value every day (so analysts can join and count), while without the key nobody can test a guess (a
+    plain SHA-256 of an email is reversed with a list of emails). People compare emails case-insensitively,
+    so of a trimmed, lower-cased form."""
+
+    def __init__(self, key: str):
+        self._key = key.encode()
+
+    def __call__(self, text: str) -> str:
+        return hmac.new(self._key, text.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:  # never the key
+        return "PersonalDataHasher(<key withheld>)"
+
+
+def _quoting(template: str, column: str, pii_mode: str) -> pl.Expr:
+    """A reject reason quoting the offending value in raw mode only: outside it, a value in the wrong field
+    may be anything, personal data included."""
+    if pii_mode == "raw":
+        return pl.format(template, pl.col(column))
+    return pl.lit(template.replace(" {}", ""))
 
 
 def _split_by_contract(
@@ -142,16 +161,22 @@ def normalise_order_statuses(
     fetched_at: dt.datetime,
     expected_day: dt.date | None = None,
     pii_mode: str = "raw",
+    pii_hash_key: str | None = None,
 ) -> NormalisedStatuses:
     """Type the records: UTC timestamps, strings, nulls; one row per order_status_id; rejects kept.
 
     `expected_day`: the by-date day that was asked for; a record whose order_date falls on another UTC
     day is the API being wrong and is rejected rather than stored under the wrong partition.
-    `pii_mode`: what to keep of customer name and email: "raw", "hash" (SHA-256 hex) or "drop" (null);
-    outside "raw", values that may be personal data are withheld too (see the module docstring).
+    `pii_mode`: what to keep of customer name and email: "raw", "hash" (HMAC-SHA-256 hex keyed with
+    `pii_hash_key`) or "drop" (null); outside "raw", values that may be personal data are withheld too (see
+    the module docstring), rejects' reasons included.
     """
     if pii_mode not in PII_MODES:
         raise ValueError(f"pii_mode must be one of {', '.join(PII_MODES)}; got {pii_mode!r}")
+    if pii_mode == "hash" and not pii_hash_key:
+        raise ValueError("pii_mode 'hash' needs a secret pii_hash_key (ORDERSYNC_PII_HASH_KEY): an unkeyed hash of "
+                         "an email is reversed with a list of emails")
+    hasher = PersonalDataHasher(pii_hash_key) if pii_mode == "hash" else None
     fetched_at = fetched_at.astimezone(dt.timezone.utc)
     valid, originals, extras, shape_rejects = _split_by_contract(records, pii_mode)
 
@@ -170,9 +195,9 @@ def normalise_order_statuses(
         .when(pl.col("order_date").is_null())
         .then(pl.lit("missing order_date"))
         .when(pl.col("_order_date_utc").is_null())
-        .then(pl.format("unparseable order_date {} (expected ISO 8601 with a UTC offset)", pl.col("order_date")))
+        .then(_quoting("unparseable order_date {} (expected ISO 8601 with a UTC offset)", "order_date", pii_mode))
         .when(pl.col("delivery_date").is_not_null() & pl.col("_delivery_date_utc").is_null())
-        .then(pl.format("unparseable delivery_date {} (expected ISO 8601 with a UTC offset)", pl.col("delivery_date")))
+        .then(_quoting("unparseable delivery_date {} (expected ISO 8601 with a UTC offset)", "delivery_date", pii_mode))
     )
     if expected_day is not None:
         reason = reason.when(pl.col("order_day") != expected_day).then(
@@ -188,13 +213,13 @@ def normalise_order_statuses(
         pl.col("_order_date_utc").alias("order_date"),
         pl.col("_delivery_date_utc").alias("delivery_date"),
         pl.lit(fetched_at).cast(UTC_TIMESTAMP).alias("fetched_at"),
-        *_protect_personal_data(pii_mode),
+        *_protect_personal_data(pii_mode, hasher),
     ).select(list(ORDER_STATUS_SCHEMA))
 
     # Rejected rows are few: look their original records up by position to keep the raw JSON.
     rejected = [(as_json_value(originals[index]), reason) for index, reason in zip(bad["_index"], bad["_reason"])]
     rejects = _rejects_frame(rejected + shape_rejects, expected_day=expected_day, fetched_at=fetched_at,
-                             pii_mode=pii_mode)
+                             pii_mode=pii_mode, hasher=hasher)
     extra_names = sorted({key for text in extras if text for key in json.loads(text)})
     return NormalisedStatuses(rows, rejects, good.height - deduplicated.height, tuple(extra_names))
 
@@ -209,19 +234,15 @@ def _text_frame(valid: list[Any]) -> pl.DataFrame:
     return pl.DataFrame([as_json_value(record) for record in valid], schema=schema)
 
 
-def _protect_personal_data(pii_mode: str) -> list[pl.Expr]:
+def _protect_personal_data(pii_mode: str, hasher: PersonalDataHasher | None) -> list[pl.Expr]:
     if pii_mode == "raw":
         return []
     if pii_mode == "drop":
         return [pl.lit(None, dtype=pl.String).alias(name) for name in PERSONAL_DATA_FIELDS]
-    return [_sha256_hex(name).alias(name) for name in PERSONAL_DATA_FIELDS]
+    return [pl.col(name).map_elements(hasher, return_dtype=pl.String).alias(name) for name in PERSONAL_DATA_FIELDS]
 
 
-def _sha256_hex(column: str) -> pl.Expr:
-    return pl.col(column).map_elements(personal_data_hash, return_dtype=pl.String)
-
-
-def _protect_raw_record(record: Any, pii_mode: str) -> Any:
+def _protect_raw_record(record: Any, pii_mode: str, hasher: PersonalDataHasher | None) -> Any:
     """A rejected record as it may be stored: as received in `raw` mode; otherwise with the customer fields
     hashed/nulled as their columns would be, and every value that may be personal data withheld."""
     if pii_mode == "raw":
@@ -235,7 +256,7 @@ def _protect_raw_record(record: Any, pii_mode: str) -> Any:
             if pii_mode == "drop" or text is None:
                 protected[key] = None
             else:
-                protected[key] = personal_data_hash(text) if type(text) is str else _withheld(text)
+                protected[key] = hasher(text) if type(text) is str else _withheld(text)
         elif key not in API_FIELDS or type(value) in (dict, list):  # unlisted, or nested where text belongs
             protected[key] = _withheld(value)
         else:
@@ -244,7 +265,8 @@ def _protect_raw_record(record: Any, pii_mode: str) -> Any:
 
 
 def _rejects_frame(
-    rejected: list[tuple[Any, str]], *, expected_day: dt.date | None, fetched_at: dt.datetime, pii_mode: str
+    rejected: list[tuple[Any, str]], *, expected_day: dt.date | None, fetched_at: dt.datetime, pii_mode: str,
+    hasher: PersonalDataHasher | None,
 ) -> pl.DataFrame:
     return pl.DataFrame(
         {
@@ -254,7 +276,7 @@ def _rejects_frame(
                 for record, _ in rejected
             ],
             "reason": [reason for _, reason in rejected],
-            "raw_json": [json.dumps(_protect_raw_record(record, pii_mode), sort_keys=True, default=str)
+            "raw_json": [json.dumps(_protect_raw_record(record, pii_mode, hasher), sort_keys=True, default=str)
                          for record, _ in rejected],
             "fetched_at": [fetched_at] * len(rejected),
         },

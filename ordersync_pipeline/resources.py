@@ -18,9 +18,11 @@ from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
 from ordersync_pipeline.normalise import PII_MODES
 from ordersync_pipeline.snapshots import (
     DEFAULT_STORAGE_VERSION,
+    WarehouseFileError,
     check_usable_path,
     default_working_path,
     explain_open_error,
+    is_corruption_error,
     storage_config,
     adopt_single_file_install,
 )
@@ -29,6 +31,7 @@ from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error, lock
 DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
 ANALYST_PATH_SETTING = "ORDERSYNC_DUCKDB_PATH"
 WORKING_PATH_SETTING = "ORDERSYNC_WORKING_DUCKDB_PATH"
+PII_HASH_KEY_SETTING = "ORDERSYNC_PII_HASH_KEY"
 
 
 class OrderSyncResource(dg.ConfigurableResource):
@@ -67,6 +70,8 @@ class OrderSyncWarehouse(DuckDBResource):
     storage_version: str = Field(
         default=DEFAULT_STORAGE_VERSION, description="Oldest DuckDB version that must read the files (e.g. v1.4.0).")
     pii_mode: str = Field(default="raw", description="What to store of customer name/email: raw, hash or drop.")
+    pii_hash_key: str | None = Field(
+        default=None, description="Secret key of the hash mode's HMAC. Set it with EnvVar('ORDERSYNC_PII_HASH_KEY').")
     days_per_transaction: int = Field(
         default=7, ge=1, description="Whole days stored per transaction in a range (fewer commits, same atomicity)."
     )
@@ -113,6 +118,10 @@ class OrderSyncWarehouse(DuckDBResource):
                 _lower_memory_limit(conn, memory_limit_at_most, config.get("memory_limit"))
             ensure_schema(conn)
             yield conn
+        except duckdb.Error as exc:
+            if is_corruption_error(exc):  # a damaged block met mid-run: say so, not DuckDB's bare error
+                raise explain_open_error(self.database, WORKING_PATH_SETTING, exc) from None
+            raise
         finally:
             conn.close()
 
@@ -148,7 +157,7 @@ def _explaining_errors(path: str, setting: str, waited_seconds: float, call, *ar
     """`call(*args, **kwargs)`, with DuckDB's errors about `path` turned into one clear line naming `setting`."""
     try:
         return call(*args, **kwargs)
-    except (duckdb.IOException, duckdb.ConnectionException, duckdb.InvalidInputException) as exc:
+    except duckdb.Error as exc:
         if _is_lock_error(exc):
             raise explain_lock_error(path, exc, waited_seconds=waited_seconds) from None
         explained = explain_open_error(path, setting, exc)
@@ -163,8 +172,15 @@ def _log_lock_wait(retry_state: tenacity.RetryCallState) -> None:
     dg.get_dagster_logger().warning(f"DuckDB file locked by {lock_holder(error)}, waiting")
 
 
+# DuckDB's words when another process holds the file. Not just "lock": a corrupt file's errors speak of
+# "block"s, and waiting two minutes on a corrupt file, then blaming another process, helped nobody.
+_LOCK_ERROR_MARKERS = ("could not set lock on file", "conflicting lock is held")
+
+
 def _is_lock_error(exc: BaseException) -> bool:
-    return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and "lock" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, (duckdb.IOException, duckdb.ConnectionException))
+            and any(marker in text for marker in _LOCK_ERROR_MARKERS))
 
 
 # Every ORDERSYNC_* setting is read through one of these, one per kind of value, so a bad value fails as
@@ -248,6 +264,30 @@ def retailer_path(path: str, retailer: str | None) -> str:
     return str(Path(path).parent / retailer / Path(path).name) if retailer else path
 
 
+def refuse_same_file(published: str, working: str) -> None:
+    """The working file must not be the analysts' file: publishing would copy a file over itself, and an
+    analyst's session would block every run again."""
+    def real(path: str) -> str:
+        return os.path.realpath(os.path.abspath(path))
+    same = real(published) == real(working)
+    if not same and os.path.exists(published) and os.path.exists(working):
+        same = os.path.samefile(published, working)  # hard links
+    if same:
+        raise WarehouseFileError(
+            f"{WORKING_PATH_SETTING}={working} is the same file as {ANALYST_PATH_SETTING}={published}: the pipeline "
+            f"writes its working file and publishes a copy for analysts, so they must differ. Unset "
+            f"{WORKING_PATH_SETTING} (it defaults to a hidden folder beside the analysts' file) or point it elsewhere.")
+
+
+def refuse_non_posix() -> None:
+    """Publishing relies on POSIX file semantics (renaming over a file analysts hold open, fsync of folders,
+    probing a PID with signal 0): refuse other systems at once rather than fail in the middle of a publish."""
+    if os.name != "posix":
+        raise RuntimeError("ordersync-pipeline runs on POSIX systems only (Linux, macOS): publishing the analysts' "
+                           "file renames over a file sessions hold open, which Windows refuses. Run it in WSL or a "
+                           "Linux container.")
+
+
 def resources_from_env(retailer: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
 
@@ -256,14 +296,20 @@ def resources_from_env(retailer: str | None = None) -> dict[str, dg.Configurable
     With `retailer`, the key is ORDERSYNC_API_KEY_<RETAILER> and both DuckDB files sit in a folder named
     after the retailer beside where the settings point; every other setting is shared.
     """
+    refuse_non_posix()
     # Read by the runs' config (refresh, stuck_lines, supplier_scorecard), and checked here too so that a bad
     # value cannot fail a daily run after its day was stored.
     lookback_days_from_env()
     stuck_after_days_from_env()
     delivery_target_days_from_env()
     pii_mode = choice_from_env("ORDERSYNC_PII_MODE", "raw", PII_MODES)
+    if pii_mode == "hash" and not os.environ.get(PII_HASH_KEY_SETTING):
+        raise ValueError(f"ORDERSYNC_PII_MODE=hash needs {PII_HASH_KEY_SETTING}: a secret of at least 16 characters "
+                         "(e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`), kept like the API key")
     analyst_database = retailer_path(os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH, retailer)
     working_database = os.environ.get(WORKING_PATH_SETTING)
+    working = retailer_path(working_database, retailer) if working_database else default_working_path(analyst_database)
+    refuse_same_file(analyst_database, working)
     return {
         "ordersync": OrderSyncResource(
             api_key=dg.EnvVar(api_key_setting(retailer)),
@@ -274,13 +320,14 @@ def resources_from_env(retailer: str | None = None) -> dict[str, dg.Configurable
                                  if os.environ.get("ORDERSYNC_REQUESTS_PER_SECOND") else None),
         ),
         "warehouse": OrderSyncWarehouse(
-            database=retailer_path(working_database, retailer) if working_database
-            else default_working_path(analyst_database),
+            database=working,
             analyst_database=analyst_database,
             storage_version=duckdb_setting_from_env(
                 "ORDERSYNC_DUCKDB_STORAGE_VERSION", DEFAULT_STORAGE_VERSION, "storage_compatibility_version",
                 f"a DuckDB version such as {DEFAULT_STORAGE_VERSION}: the oldest DuckDB that must read the files"),
             pii_mode=pii_mode,
+            # Only through EnvVar, as the API key: never a value in code, config or the run's metadata.
+            pii_hash_key=dg.EnvVar(PII_HASH_KEY_SETTING) if pii_mode == "hash" else None,
             days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
             # backfill's memory would grow with the table; past this limit it evicts or spills to disk.

@@ -69,6 +69,12 @@ def check_usable_path(path: str, setting: str) -> None:
 def explain_open_error(path: str, setting: str, error: Exception) -> WarehouseFileError | None:
     """DuckDB's error on opening `path`, said in one line with what to do; None if it is not about the file."""
     text = str(error)
+    if is_corruption_error(error):
+        return WarehouseFileError(
+            f"{setting}={path} is corrupt (DuckDB: {text.splitlines()[0][:200]}). Nothing more was written to it. "
+            "Move the file aside (keep it to diagnose the disk); if it is the working file, the next run rebuilds it "
+            "from the analysts' published file, so re-run the days loaded since that snapshot (its table "
+            "published_snapshot says which).")
     if "not a valid DuckDB database file" in text or "Magic number" in text or "unsupported file" in text.lower():
         return WarehouseFileError(
             f"{setting}={path} is not a DuckDB database file (DuckDB: {text.splitlines()[0][:200]}). Point the setting "
@@ -77,6 +83,12 @@ def explain_open_error(path: str, setting: str, error: Exception) -> WarehouseFi
         return WarehouseFileError(f"{setting}={path} cannot be opened for writing ({text.splitlines()[0][:200]}); "
                                   "point the setting at a writable place.")
     return None
+
+
+def is_corruption_error(error: BaseException) -> bool:
+    """DuckDB found a block whose checksum does not match: the file's bytes are damaged, waiting won't help."""
+    text = str(error)
+    return "Corrupt database file" in text or ("checksum" in text and "block" in text)
 
 
 def adopt_single_file_install(published: str, working: str, storage_version: str) -> bool:

@@ -19,19 +19,16 @@ import polars as pl
 
 from ordersync_pipeline.client import OrderSyncClient
 from ordersync_pipeline.normalise import normalise_order_statuses
+from ordersync_pipeline.vocabulary import is_open_sql
 from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, replace_days
 
-# The statuses the reference and real feeds are known to use. Anything else is kept as sent, treated as
-# an open line (it is not known to be finished) and reported by an asset check.
-KNOWN_STATUSES = ("processing", "backordered", "shipped", "in_transit", "delivered", "cancelled")
-CLOSED_STATUSES = ("delivered", "cancelled")
-
-
-def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw") -> DayLoad:
+def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw",
+                   pii_hash_key: str | None = None) -> DayLoad:
     """Every record of `day` from by-date, normalised and ready for warehouse.replace_days."""
     fetched_at = dt.datetime.now(dt.timezone.utc)
     fetch = client.fetch_order_statuses_for_day(day)
-    normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day, pii_mode=pii_mode)
+    normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day, pii_mode=pii_mode,
+                                          pii_hash_key=pii_hash_key)
     return DayLoad(
         day=day,
         rows=normalised.rows,
@@ -49,31 +46,38 @@ def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "ra
 
 
 def fetch_day_loads(
-    client: OrderSyncClient, days: list[dt.date], *, days_in_flight: int = 1, pii_mode: str = "raw"
+    client: OrderSyncClient, days: list[dt.date], *, days_in_flight: int = 1, pii_mode: str = "raw",
+    pii_hash_key: str | None = None,
 ) -> Iterator[DayLoad]:
     """DayLoads in day order, fetching up to `days_in_flight` days ahead while the caller stores one.
 
     Memory stays bounded by the window, whatever the range: a year's backfill holds a few days at a time.
     """
     if days_in_flight <= 1:
-        yield from (fetch_day_load(client, day, pii_mode=pii_mode) for day in days)
+        yield from (fetch_day_load(client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key) for day in days)
         return
     pool = ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day")
     pending: deque[Future[DayLoad]] = deque()
     upcoming = iter(days)
     try:
         for day in itertools.islice(upcoming, days_in_flight):
-            pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode))
+            pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key))
         while pending:
             load = pending.popleft().result()
             next_day = next(upcoming, None)
             if next_day is not None:
-                pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode))
+                pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode,
+                                               pii_hash_key=pii_hash_key))
             yield load
     finally:
         # A failed or abandoned range: queued days never start, and the caller's error is not held up
         # waiting for days already in flight (they finish in the background).
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+# Re-reading a day can move lines out of yet another day (corrections pile up while days are not re-read),
+# so re-reads go on until nothing moves; each round follows a real move, this bound only stops a broken API.
+MAX_REREAD_ROUNDS = 31
 
 
 def store_days(
@@ -84,12 +88,26 @@ def store_days(
     days_in_flight: int,
     days_per_transaction: int,
     pii_mode: str,
+    pii_hash_key: str | None = None,
 ) -> Iterator[DayLoad]:
-    """Fetch `days` (a bounded window ahead) and replace them in the warehouse, yielding each once stored."""
-    with contextlib.closing(fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode)) as loads:
-        while batch := list(itertools.islice(loads, days_per_transaction)):
-            replace_days(conn, batch)
-            yield from batch
+    """Fetch `days` (a bounded window ahead) and replace them in the warehouse, yielding each once stored.
+
+    Then re-read the days storing them showed changed (a line moved to one of `days` from a day stored
+    earlier or outside them): the API's count for such a day changed, and only it can say to what.
+    """
+    for _ in range(MAX_REREAD_ROUNDS + 1):
+        changed: set[dt.date] = set()
+        stored: set[dt.date] = set()
+        with contextlib.closing(fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode,
+                                                pii_hash_key=pii_hash_key)) as loads:
+            while batch := list(itertools.islice(loads, days_per_transaction)):
+                stored.update(load.day for load in batch)
+                # A day of the range not stored yet is read anyway, with the move already made.
+                changed |= {day for day in replace_days(conn, batch) if day in stored or day not in days}
+                yield from batch
+        if not changed:
+            return
+        days = sorted(changed)
 
 
 @dataclass(frozen=True)
@@ -99,12 +117,8 @@ class RefreshResult:
     lines_returned: int
     lines_updated: int
     rejects: int
-
-
-def is_open_sql(status_column: str = "status") -> str:
-    """Open = not delivered and not cancelled (case-insensitive); unknown statuses count as open."""
-    closed = ", ".join(f"'{status}'" for status in CLOSED_STATUSES)
-    return f"lower(trim(coalesce({status_column}, ''))) NOT IN ({closed})"
+    days_reread: int  # loaded days re-read through by-date because a look-up showed them changed
+    lines_reread: int
 
 
 def open_lines_sql(where: str) -> str:
@@ -112,14 +126,18 @@ def open_lines_sql(where: str) -> str:
 
 
 def refresh_open_lines_before(
-    client: OrderSyncClient, conn: duckdb.DuckDBPyConnection, before_day: dt.date, *, pii_mode: str = "raw"
+    client: OrderSyncClient, conn: duckdb.DuckDBPyConnection, before_day: dt.date, *, pii_mode: str = "raw",
+    pii_hash_key: str | None = None, days_in_flight: int = 1, days_per_transaction: int = 7,
 ) -> RefreshResult:
     """Re-read every open line ordered before `before_day` through the bulk PO endpoint and store it.
 
-    Lines without a PO number are looked up by supplier order id instead, one request each.
+    Lines without a PO number are looked up by supplier order id instead, one request each. A look-up that
+    no longer returns a line, or returns it under another order day, changes what its day holds: such
+    days are re-read through by-date (which moves the line, or retires it to vanished_lines).
     """
     open_lines = pl.DataFrame(conn.sql(
-        f"SELECT DISTINCT po_number, supplier_order_id FROM ({open_lines_sql('order_day < ?')})", params=[before_day]))
+        f"SELECT order_status_id, order_day, po_number, supplier_order_id FROM ({open_lines_sql('order_day < ?')})",
+        params=[before_day]))
     po_numbers = sorted(open_lines["po_number"].drop_nulls().unique().to_list())
     supplier_orders = sorted(
         open_lines.filter(pl.col("po_number").is_null())["supplier_order_id"].drop_nulls().unique().to_list()
@@ -128,7 +146,14 @@ def refresh_open_lines_before(
     records = client.get_by_po_numbers(po_numbers) if po_numbers else []
     for supplier_order_id in supplier_orders:
         records.extend(client.get_by_supplier_order(supplier_order_id))
-    normalised = normalise_order_statuses(records, fetched_at=fetched_at, pii_mode=pii_mode)
+    normalised = normalise_order_statuses(records, fetched_at=fetched_at, pii_mode=pii_mode, pii_hash_key=pii_hash_key)
     observed_at = client.last_server_time if records else None
-    updated = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects, observed_at=observed_at)
-    return RefreshResult(len(po_numbers), len(supplier_orders), len(records), updated, normalised.rejects.height)
+    # A line returned but rejected was not missing: it stays as it was, and the rejects table says why.
+    looked_up = open_lines.filter(~pl.col("order_status_id").is_in(normalised.rejects["order_status_id"].drop_nulls()))
+    refreshed = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects, observed_at=observed_at,
+                                         looked_up=looked_up)
+    reread = list(store_days(client, conn, sorted(refreshed.days_to_reread), days_in_flight=days_in_flight,
+                             days_per_transaction=days_per_transaction, pii_mode=pii_mode,
+                             pii_hash_key=pii_hash_key)) if refreshed.days_to_reread else []
+    return RefreshResult(len(po_numbers), len(supplier_orders), len(records), refreshed.updated,
+                         normalised.rejects.height, len(reread), sum(load.rows.height for load in reread))

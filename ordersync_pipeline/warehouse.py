@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 
 from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, REJECT_SCHEMA
+from ordersync_pipeline.vocabulary import status_key_sql
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS order_statuses (
@@ -59,6 +60,28 @@ CREATE TABLE IF NOT EXISTS order_status_loads (
     api_total_consistent BOOLEAN NOT NULL,
     extra_field_names VARCHAR[],
     fetched_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vanished_lines (
+    order_id VARCHAR,
+    order_status_id VARCHAR NOT NULL,
+    supplier_order_id VARCHAR,
+    order_date TIMESTAMPTZ NOT NULL,
+    po_number VARCHAR,
+    item VARCHAR,
+    customer VARCHAR,
+    supplier VARCHAR,
+    status VARCHAR,
+    customer_email VARCHAR,
+    tracking_number VARCHAR,
+    tracking_url VARCHAR,
+    carrier VARCHAR,
+    delivery_date TIMESTAMPTZ,
+    delivery_utc_offset VARCHAR,
+    order_day DATE NOT NULL,
+    fetched_at TIMESTAMPTZ NOT NULL,
+    extra_fields VARCHAR,
+    last_seen_at TIMESTAMPTZ,
+    vanished_at TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS order_status_history (
     order_status_id VARCHAR NOT NULL,
@@ -119,6 +142,16 @@ COMMENTS = {
          "paging_passes": "Times the day was read: more than 1 when results shifted while paging",
          "paging_duplicates": "Lines the API returned twice while paging (stored once)",
          "api_total_consistent": "False when the API's total never matched the lines it returned"},
+    ),
+    "vanished_lines": (
+        "Lines the API stopped returning: a by-date read of the line's day no longer had it (the daily job "
+        "re-reads the day of every open line a PO or supplier-order look-up no longer returns). Such lines "
+        "(orders deleted or merged upstream) are out of order_statuses and so out of open_orders, the backlog "
+        "and stuck_lines; here they keep their last known values. A line that comes back, under its day or "
+        "another, leaves this table and returns to order_statuses.",
+        {"last_seen_at": "Latest observation that still returned the line (API clock)",
+         "vanished_at": "First observation at which its day was read without it (API clock)",
+         "status": "Status when last seen"},
     ),
     "order_status_history": (
         "Each line's statuses as observed: one row per status spell, with when it was first and last seen. "
@@ -213,17 +246,29 @@ class ArrowStream:
         return self.frame.__arrow_c_stream__(requested_schema)
 
 
-def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
+def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> set[dt.date]:
     """Swap whole days' rows, rejects and load records, and record status history, in one transaction.
 
     Several days per transaction keep a long backfill from paying DuckDB's per-statement and per-commit
     cost once per day; each day is still either fully old or fully new.
+
+    A line belongs to the one day its latest order_date says. One the API now returns under another day
+    (an order_date corrected upstream) moves: it leaves its old day, its history spells follow it, and
+    the old day is returned for re-reading, because the old day's stored lines no longer match the total its
+    load recorded (so is a day of `loads` whose line a later read of another of these days took). Lines of
+    these days the fetch no longer returned go to `vanished_lines`. Returns the days to re-read through by-date.
     """
     days = [load.day for load in loads]
     if len(set(days)) != len(days):
         raise ValueError(f"replace_days got the same day twice: {days}")
-    rows = ArrowStream(pl.concat([load.rows.select(list(ORDER_STATUS_SCHEMA)) for load in loads]))
-    observed = ArrowStream(pl.concat([_observations(load.rows, load.observed_at) for load in loads]))
+    fetched = pl.concat([_observations_with_rows(load) for load in loads])
+    # Read while the API moved a line between two of these days: the later observation says where it is.
+    latest = fetched.sort("observed_at").unique("order_status_id", keep="last")
+    superseded_days = set(fetched.join(latest, on=["order_status_id", "order_day"], how="anti")["order_day"])
+    rows = ArrowStream(latest.select(list(ORDER_STATUS_SCHEMA)))
+    observed = ArrowStream(latest.select("order_status_id", "order_day", "status", "observed_at"))
+    day_observed = ArrowStream(pl.DataFrame({"order_day": days, "observed_at": [
+        load.observed_at or load.fetched_at for load in loads]}, schema={"order_day": pl.Date, "observed_at": UTC}))
     rejects = ArrowStream(pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
         pl.lit("by-date").alias("source")))
     day_loads = ArrowStream(pl.DataFrame(
@@ -240,6 +285,16 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
     # The range bounds let DuckDB skip row groups by their min/max order_day; the list is what is replaced.
     in_days = f"order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}' AND order_day IN ({_date_list(days)})"
     with transaction(conn):
+        moved_from = _take_moved_lines(conn, rows)
+        conn.execute(f"""
+            INSERT INTO vanished_lines BY NAME
+            SELECT s.*, h.last_seen_at, d.observed_at AS vanished_at
+            FROM (SELECT * FROM order_statuses WHERE {in_days}) AS s
+            JOIN day_observed AS d USING (order_day)
+            LEFT JOIN (SELECT order_status_id, last_seen_at FROM order_status_history
+                       WHERE is_latest AND {in_days}) AS h USING (order_status_id)
+            WHERE s.order_status_id NOT IN (SELECT order_status_id FROM rows)
+        """)
         conn.execute(f"DELETE FROM order_statuses WHERE {in_days}")
         conn.execute("INSERT INTO order_statuses BY NAME SELECT * FROM rows")
         conn.execute(f"DELETE FROM order_status_rejects WHERE {in_days} AND source = 'by-date'")
@@ -247,6 +302,91 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> None:
         conn.execute(f"DELETE FROM order_status_loads WHERE {in_days}")
         conn.execute("INSERT INTO order_status_loads BY NAME SELECT * FROM day_loads")
         _record_history(conn, observed, days=days)
+    return (moved_from - set(days)) | superseded_days
+
+
+UTC = pl.Datetime("us", "UTC")
+
+
+def _observations_with_rows(load: DayLoad) -> pl.DataFrame:
+    """A load's rows with when they were observed (the API's clock; the fetch time if it sent none)."""
+    when = load.observed_at or load.fetched_at
+    return load.rows.select(list(ORDER_STATUS_SCHEMA)).with_columns(pl.lit(when).cast(UTC).alias("observed_at"))
+
+
+def _take_moved_lines(conn: duckdb.DuckDBPyConnection, rows: ArrowStream) -> set[dt.date]:
+    """Remove from their old day (or from vanished_lines) the lines `rows` now places on another day, moving
+    their history spells along; return the days they left (those outside the batch are to be re-read)."""
+    moved = pl.DataFrame(conn.sql("""
+        SELECT r.order_status_id, r.order_day AS new_day, s.order_day AS old_day, s.vanished
+        FROM (SELECT order_status_id, order_day FROM rows) AS r
+        JOIN (SELECT order_status_id, order_day, false AS vanished FROM order_statuses
+              UNION ALL SELECT order_status_id, order_day, true FROM vanished_lines) AS s USING (order_status_id)
+        WHERE s.order_day <> r.order_day OR s.vanished
+    """))
+    if moved.is_empty():
+        return set()
+    moved_lines = ArrowStream(moved)
+    conn.execute("DELETE FROM order_statuses AS s USING moved_lines AS m "
+                 "WHERE s.order_status_id = m.order_status_id AND s.order_day = m.old_day AND NOT m.vanished")
+    conn.execute("DELETE FROM vanished_lines WHERE order_status_id IN (SELECT order_status_id FROM moved_lines)")
+    # Spells carry the line's day, so that storing a day scans only that day's history.
+    conn.execute("UPDATE order_status_history AS h SET order_day = m.new_day FROM moved_lines AS m "
+                 "WHERE h.order_status_id = m.order_status_id AND h.order_day IS DISTINCT FROM m.new_day")
+    return set(moved.filter(~pl.col("vanished") & (pl.col("old_day") != pl.col("new_day")))["old_day"])
+
+
+def _date_list(days: list[dt.date]) -> str:
+    return ", ".join(f"DATE '{day.isoformat()}'" for day in days)
+
+
+@dataclass(frozen=True)
+class RefreshedLines:
+    updated: int  # stored lines overwritten with what a look-up returned
+    days_to_reread: set[dt.date]  # loaded days a look-up showed changed: a line moved in or out, or went missing
+
+
+def apply_refreshed_statuses(
+    conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame, observed_at: dt.datetime | None = None,
+    *, looked_up: pl.DataFrame | None = None,
+) -> RefreshedLines:
+    """Overwrite the lines a look-up returned (matched by order_status_id) where they stay on their day.
+
+    Only lines already stored are updated: a line of a day not loaded yet arrives with that day's load.
+    A line returned under another day than stored, and a `looked_up` line (order_status_id, order_day) the
+    look-up did not return, are left as they are: their loaded days are returned, to be re-read through
+    by-date, which moves or retires lines while keeping each day's count equal to the API's.
+    `observed_at`: the API's clock at the look-up, recorded in history (default: the rows' fetched_at).
+    """
+    frame = rows.select(list(ORDER_STATUS_SCHEMA))
+    rows = ArrowStream(frame)
+    rejects = ArrowStream(rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source")))
+    missing = ArrowStream(looked_up.select("order_status_id", "order_day") if looked_up is not None
+                          else pl.DataFrame(schema={"order_status_id": pl.String, "order_day": pl.Date}))
+    assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
+    with transaction(conn):
+        changed_days = {day for (day,) in conn.execute("""
+            SELECT DISTINCT d.order_day FROM (
+                SELECT s.order_day FROM order_statuses AS s JOIN rows AS r USING (order_status_id)
+                WHERE s.order_day <> r.order_day
+                UNION ALL SELECT r.order_day FROM order_statuses AS s JOIN rows AS r USING (order_status_id)
+                WHERE s.order_day <> r.order_day
+                UNION ALL SELECT order_day FROM missing WHERE order_status_id NOT IN (SELECT order_status_id FROM rows)
+            ) AS d SEMI JOIN order_status_loads USING (order_day)
+        """).fetchall()}
+        updated = conn.execute(
+            f"UPDATE order_statuses AS t SET {assignments} FROM rows AS r "
+            "WHERE t.order_status_id = r.order_status_id AND t.order_day = r.order_day"
+        ).fetchall()[0][0]
+        # Rejects of look-ups belong to no day: keep only the latest refresh's.
+        conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
+        conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
+        observed = ArrowStream(_observations(frame, observed_at))
+        stored = pl.DataFrame(conn.sql(
+            "SELECT o.* FROM observed AS o SEMI JOIN order_statuses AS s "
+            "ON s.order_status_id = o.order_status_id AND s.order_day = o.order_day"))
+        _record_history(conn, ArrowStream(stored))
+    return RefreshedLines(int(updated), changed_days)
 
 
 def _observations(rows: pl.DataFrame, observed_at: dt.datetime | None) -> pl.DataFrame:
@@ -255,52 +395,26 @@ def _observations(rows: pl.DataFrame, observed_at: dt.datetime | None) -> pl.Dat
     return rows.select("order_status_id", "order_day", "status", when.alias("observed_at"))
 
 
-def _date_list(days: list[dt.date]) -> str:
-    return ", ".join(f"DATE '{day.isoformat()}'" for day in days)
-
-
-def apply_refreshed_statuses(
-    conn: duckdb.DuckDBPyConnection, rows: pl.DataFrame, rejects: pl.DataFrame, observed_at: dt.datetime | None = None
-) -> int:
-    """Overwrite the lines a look-up returned (matched by order_status_id); return how many were updated.
-
-    Only lines already stored are updated: a line of a day not loaded yet arrives with that day's load.
-    `observed_at`: the API's clock at the look-up, recorded in history (default: the rows' fetched_at).
-    """
-    rows = ArrowStream(rows.select(list(ORDER_STATUS_SCHEMA)))
-    rejects = ArrowStream(rejects.select(list(REJECT_SCHEMA)).with_columns(pl.lit("by-po-numbers").alias("source")))
-    assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
-    with transaction(conn):
-        updated = conn.execute(
-            f"UPDATE order_statuses AS t SET {assignments} FROM rows AS r WHERE t.order_status_id = r.order_status_id"
-        ).fetchall()[0][0]
-        # Rejects of look-ups belong to no day: keep only the latest refresh's.
-        conn.execute("DELETE FROM order_status_rejects WHERE source = 'by-po-numbers'")
-        conn.execute("INSERT INTO order_status_rejects BY NAME SELECT * FROM rejects")
-        observed = ArrowStream(_observations(rows.frame, observed_at))
-        stored = pl.DataFrame(conn.sql("SELECT * FROM observed SEMI JOIN order_statuses USING (order_status_id)"))
-        _record_history(conn, ArrowStream(stored))
-    return int(updated)
-
-
 def _record_history(conn: duckdb.DuckDBPyConnection, observed: ArrowStream, days: list[dt.date] | None = None) -> None:
     """Extend each observed line's current status spell, or close it and open a new one if its status changed.
 
+    Statuses are compared by vocabulary.status_key_sql, so a new spelling of the same status extends the spell.
     `observed`: order_status_id, order_day, status, observed_at.
     `days`: all rows are of these order_days, so only their history is scanned (zone maps skip the rest).
     """
     latest = "h.is_latest"
     if days:
         latest += f" AND h.order_day BETWEEN DATE '{min(days)}' AND DATE '{max(days)}'"
+    same_status = f"{status_key_sql('h.status')} = {status_key_sql('o.status')}"
     conn.execute(f"""
         UPDATE order_status_history AS h SET last_seen_at = greatest(h.last_seen_at, o.observed_at)
         FROM observed AS o
-        WHERE {latest} AND h.order_status_id = o.order_status_id AND h.status IS NOT DISTINCT FROM o.status
+        WHERE {latest} AND h.order_status_id = o.order_status_id AND {same_status}
     """)
     conn.execute(f"""
         UPDATE order_status_history AS h SET is_latest = false
         FROM observed AS o
-        WHERE {latest} AND h.order_status_id = o.order_status_id AND h.status IS DISTINCT FROM o.status
+        WHERE {latest} AND h.order_status_id = o.order_status_id AND NOT ({same_status})
     """)
     conn.execute(f"""
         INSERT INTO order_status_history

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import AGE_BUCKETS
+from ordersync_pipeline.vocabulary import AGE_BUCKET_LABELS
 
 
 @pytest.mark.parametrize("longest", [0.0, 0.4, 6.9, 13.2, 39.99, 40.0, 95.5, 1000.0])
@@ -40,7 +40,7 @@ def test_every_chart_renders_png_and_svg_even_without_rows():
                             "age_bucket": ["0-2", "31+", "3-7"], "open_lines": [5, 2, 7]})
     suppliers = pl.DataFrame({"supplier": ["ping", None], "p90_lead_time_days": [9.5, None],
                               "cancellation_rate": [0.05, 0.0]})
-    labels = [label for label, _, _ in AGE_BUCKETS]
+    labels = list(AGE_BUCKET_LABELS)
     drawn = [lambda fmt: charts.lead_time_distribution(lead_times(), fmt),
              lambda fmt: charts.backlog_over_time(backlog, labels, fmt),
              lambda fmt: charts.supplier_scorecard(suppliers, 7, fmt)]

@@ -94,6 +94,9 @@ def personal_values_found(folder: Path, database: str, output: str, values: set[
     return in_files | in_tables
 
 
+HASH_KEY = "hash-key-7c1e9a0b54f2"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raw", "hash", "drop"])
 def test_in_hash_and_drop_modes_no_personal_value_is_written_anywhere(tmp_path, mode):
@@ -108,7 +111,7 @@ def test_in_hash_and_drop_modes_no_personal_value_is_written_anywhere(tmp_path, 
                             faults=Faults(corrupt_every=7, extra_field_every=5)) as sim:
         completed = run_daily_job({"DAGSTER_HOME": str(home), "ORDERSYNC_API_KEY": SIMULATOR_API_KEY,
                                    "ORDERSYNC_BASE_URL": sim.base_url, "ORDERSYNC_DUCKDB_PATH": database,
-                                   "ORDERSYNC_PII_MODE": mode})
+                                   "ORDERSYNC_PII_MODE": mode, "ORDERSYNC_PII_HASH_KEY": HASH_KEY})
         assert completed.returncode == 0, completed.stderr[-2000:]
         sent = sim.served_records_for_days(day, day)
     rejected_phones = [r["customer_phone"] for i, r in enumerate(sent) if "customer_phone" in r and i % 7 == 0]
@@ -118,12 +121,15 @@ def test_in_hash_and_drop_modes_no_personal_value_is_written_anywhere(tmp_path, 
         assert conn.execute("SELECT count(*) FROM order_status_rejects").fetchall()[0][0] == len(sent[::7])
     found = personal_values_found(tmp_path, database, completed.stdout + completed.stderr, personal)
     assert found == (personal if mode == "raw" else set()), sorted(found)[:5]
+    # The hash key is a secret like the API key: in no file, log or output of the run.
+    assert not personal_values_found(tmp_path, database, completed.stdout + completed.stderr, {HASH_KEY})
 
 
 @pytest.mark.parametrize("mode", ["hash", "drop"])
 def test_customer_names_and_emails_can_be_hashed_or_not_stored(simulator, database, mode):
     resources = {"ordersync": OrderSyncResource(api_key=simulator.api_key, base_url=simulator.base_url),
-                 "warehouse": OrderSyncWarehouse(database=database, pii_mode=mode)}
+                 "warehouse": OrderSyncWarehouse(database=database, pii_mode=mode,
+                                                 pii_hash_key=HASH_KEY if mode == "hash" else None)}
     assert dg.materialize([order_statuses], resources=resources, partition_key="2025-12-03").success
     truth = simulator.records_for_day(dt.date(2025, 12, 3))
     with duckdb.connect(database, read_only=True) as conn:
@@ -135,6 +141,16 @@ def test_customer_names_and_emails_can_be_hashed_or_not_stored(simulator, databa
         assert set(stored) == {(None, None)}
     else:
         assert all(len(name) == len(email) == 64 for name, email in stored)
+
+
+def test_hash_mode_without_its_key_stops_the_definitions_loading(monkeypatch):
+    monkeypatch.setenv("ORDERSYNC_PII_MODE", "hash")
+    monkeypatch.delenv("ORDERSYNC_PII_HASH_KEY", raising=False)
+    with pytest.raises(ValueError, match="ORDERSYNC_PII_MODE=hash needs ORDERSYNC_PII_HASH_KEY"):
+        resources_from_env()
+    monkeypatch.setenv("ORDERSYNC_PII_HASH_KEY", HASH_KEY)
+    warehouse = resources_from_env()["warehouse"]
+    assert HASH_KEY not in repr(warehouse)  # an EnvVar, resolved only when a run starts
 
 
 def test_an_unknown_pii_mode_is_refused_with_the_choices(monkeypatch):

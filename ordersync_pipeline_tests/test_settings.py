@@ -82,7 +82,8 @@ def test_days_per_transaction_is_how_many_whole_days_commit_together(
 
 
 def test_lookback_pii_mode_and_memory_limit_take_effect_in_a_daily_run(simulator, env_for, database):
-    env_for(simulator, ORDERSYNC_LOOKBACK_DAYS="3", ORDERSYNC_PII_MODE="hash", ORDERSYNC_DUCKDB_MEMORY_LIMIT="100MB")
+    env_for(simulator, ORDERSYNC_LOOKBACK_DAYS="3", ORDERSYNC_PII_MODE="hash", ORDERSYNC_DUCKDB_MEMORY_LIMIT="100MB",
+            ORDERSYNC_PII_HASH_KEY="settings-test-key")
     resources = resources_from_env()
     defs = build_definitions(resources)
     assert defs.resolve_job_def("daily_order_sync").execute_in_process(partition_key="2025-12-09").success

@@ -80,8 +80,8 @@ def test_refreshes_update_exactly_the_returned_lines_that_are_stored(conn):
     replace_days(conn, [day_load([line(n) for n in range(4)], at(1))])
     fresh = normalise_order_statuses([line(1, "delivered"), line(2, "cancelled"), line(77, "shipped")],
                                      fetched_at=at(5))
-    updated = apply_refreshed_statuses(conn, fresh.rows, fresh.rejects)
-    assert updated == 2
+    refreshed = apply_refreshed_statuses(conn, fresh.rows, fresh.rejects)
+    assert refreshed.updated == 2 and refreshed.days_to_reread == set()
     assert conn.execute("SELECT order_status_id, status FROM order_statuses ORDER BY 1").fetchall() == [
         ("L0", "processing"), ("L1", "delivered"), ("L2", "cancelled"), ("L3", "processing")]
     assert conn.execute("SELECT count(*) FROM order_status_history WHERE order_status_id = 'L77'").fetchall()[0] == (0,)
@@ -119,13 +119,13 @@ def test_a_lock_error_names_the_holder_and_what_to_do():
 
 def test_several_days_in_one_transaction_are_replaced_together_or_not_at_all(conn, monkeypatch):
     days = [DAY + dt.timedelta(days=i) for i in range(3)]
-    replace_days(conn, [day_load([line(n, day=d) for n in range(2)], at(1), day=d) for d in days])
+    replace_days(conn, [day_load([line(10 * i + n, day=d) for n in range(2)], at(1), day=d) for i, d in enumerate(days)])
     assert conn.execute("SELECT order_day, count(*) FROM order_statuses GROUP BY 1 ORDER BY 1").fetchall() == [
         (d, 2) for d in days]
     before = conn.execute("SELECT * FROM order_statuses ORDER BY order_day, order_status_id").fetchall()
     monkeypatch.setattr(warehouse, "_record_history", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
-        replace_days(conn, [day_load([line(7, "delivered", day=d)], at(2), day=d) for d in days])
+        replace_days(conn, [day_load([line(10 * i + 7, "delivered", day=d)], at(2), day=d) for i, d in enumerate(days)])
     assert conn.execute("SELECT * FROM order_statuses ORDER BY order_day, order_status_id").fetchall() == before
     with pytest.raises(ValueError, match="same day twice"):
         replace_days(conn, [day_load([line(1)], at(3)), day_load([line(2)], at(3))])

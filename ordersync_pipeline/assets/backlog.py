@@ -14,13 +14,21 @@ import polars as pl
 from pydantic import Field
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import AGE_BUCKET_CASE, AGE_BUCKETS, MART, built_as_of, rebuild, seconds_between
+from ordersync_pipeline.assets.marts import MART, built_as_of, rebuild, utc_day
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
 from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse, stuck_after_days_from_env
-from ordersync_pipeline.sync import CLOSED_STATUSES, is_open_sql, open_lines_sql
+from ordersync_pipeline.sync import open_lines_sql
+from ordersync_pipeline.vocabulary import (
+    AGE_BUCKET_COMMENT,
+    AGE_BUCKET_LABELS,
+    CLOSED_STATUSES,
+    age_bucket_sql,
+    is_open_sql,
+    status_key_sql,
+)
 
 OPEN_ORDER_BACKLOG_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS open_order_backlog (
@@ -40,7 +48,7 @@ INSERT INTO open_order_backlog
 SELECT $as_of::DATE, supplier, status, age_bucket, count(*), count(DISTINCT order_id), min(order_date),
        $observed_at::TIMESTAMPTZ
 FROM (
-    SELECT supplier, status, order_id, order_date, {AGE_BUCKET_CASE} AS age_bucket
+    SELECT supplier, {status_key_sql()} AS status, order_id, order_date, {age_bucket_sql()} AS age_bucket
     FROM (SELECT *, date_diff('day', order_day, $as_of::DATE) AS age_days
           FROM ({open_lines_sql("order_day <= $as_of::DATE")}))
 )
@@ -56,8 +64,8 @@ BACKLOG_COMMENTS = {
         "down) have no rows: unknown, not zero. Only lines the pipeline had loaded by then are counted.",
         {"as_of_day": "The partition day the figures describe (the morning after it, on the API's clock)",
          "supplier": "Supplier / OEM name",
-         "status": "Status as observed by the run for as_of_day",
-         "age_bucket": "Whole days from order_day to as_of_day: 0-2, 3-7, 8-14, 15-30 or 31+",
+         "status": "Status as observed by the run for as_of_day (trimmed, lower-case: one spelling per status)",
+         "age_bucket": AGE_BUCKET_COMMENT + " to as_of_day",
          "open_lines": "Open lines in the group",
          "open_orders": "Distinct order_id among them",
          "oldest_order_date": "Oldest order_date in the group",
@@ -75,34 +83,40 @@ class StuckLinesConfig(dg.Config):
     )
 
 
-_SECONDS_IN_STATUS = seconds_between("h.last_seen_at", "h.first_seen_at")
+# Whole UTC calendar days from the first observation in the status to the observation the table is as of:
+# daily runs start a few seconds earlier or later each morning, and counting seconds (N * 86400) made a line
+# stuck a day late whenever today's run started earlier than the one that first saw the status.
+_DAYS_IN_STATUS = f"date_diff('day', {utc_day('h.first_seen_at')}, {utc_day('$observed_at::TIMESTAMPTZ')})"
 STUCK_LINES_SQL = f"""
 CREATE OR REPLACE TABLE stuck_lines AS
 SELECT s.order_status_id, s.po_number, s.supplier, s.status,
        h.first_seen_at AS status_since, h.last_seen_at,
-       CAST(floor({_SECONDS_IN_STATUS} / 86400) AS INTEGER) AS days_in_status,
-       s.order_date, $as_of::DATE AS as_of_day
+       CAST({_DAYS_IN_STATUS} AS INTEGER) AS days_in_status,
+       s.order_date, $as_of::DATE AS as_of_day, $observed_at::TIMESTAMPTZ AS observed_at
 FROM order_statuses AS s
 JOIN order_status_history AS h ON h.order_status_id = s.order_status_id AND h.is_latest
 WHERE {is_open_sql("s.status")} AND s.order_day <= $as_of::DATE
-  AND {_SECONDS_IN_STATUS} >= $stuck_after_days * 86400
+  AND {_DAYS_IN_STATUS} >= $stuck_after_days
 """
 
 
 def stuck_lines_comments(stuck_after_days: int) -> dict:
     return {
         "stuck_lines": (
-            f"Open lines observed in one status for at least {stuck_after_days} days (ORDERSYNC_STUCK_AFTER_DAYS): "
-            "the list to chase. Measured between observations on the API's clock, so a line counts once it has "
-            "been seen unchanged that long; it may have changed status up to one observation interval (a day) "
-            "before status_since.",
+            f"Open lines in one status for at least {stuck_after_days} whole days (ORDERSYNC_STUCK_AFTER_DAYS): "
+            "the list to chase. Counted in UTC calendar days from the first observation showing the status to the "
+            "latest observation (observed_at), on the API's clock; the change itself may have happened up to one "
+            "observation interval (a day) before status_since. Lines the API no longer returns are not here "
+            "(see vanished_lines).",
             {"order_status_id": "The line's own id", "po_number": "Retailer PO number",
-             "supplier": "Supplier / OEM name", "status": "Current status (unchanged since status_since)",
+             "supplier": "Supplier / OEM name", "status": "Current status as sent (unchanged since status_since, "
+             "whatever its spelling)",
              "status_since": "First observation showing the current status (API clock)",
-             "last_seen_at": "Latest observation, still showing it",
-             "days_in_status": "Whole days from status_since to last_seen_at",
+             "last_seen_at": "Latest observation still showing it",
+             "days_in_status": "Whole UTC days from status_since to observed_at",
              "order_date": "When the line was ordered (UTC)",
-             "as_of_day": "Partition day the table was built for"},
+             "as_of_day": "Partition day the table was built for",
+             "observed_at": "The latest observation of the API (its clock) the table is as of"},
         ),
     }
 
@@ -158,7 +172,7 @@ def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 def backlog_chart(by_day: pl.DataFrame, fmt: charts.Format = "png") -> bytes:
     """The backlog chart, age buckets youngest first."""
-    return charts.backlog_over_time(by_day, [label for label, _, _ in AGE_BUCKETS], fmt)
+    return charts.backlog_over_time(by_day, list(AGE_BUCKET_LABELS), fmt)
 
 
 def _span(days: list[dt.date]) -> str:
@@ -205,7 +219,8 @@ def stuck_lines(
             context.log.warning(f"stuck_lines is already built as of {built}; kept it rather than going back to {as_of}")
             as_of = built
         else:
-            rebuild(conn, [(STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": config.stuck_after_days})],
+            rebuild(conn, [(STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": config.stuck_after_days,
+                                              "observed_at": latest_observation(conn)})],
                     stuck_lines_comments(config.stuck_after_days))
         by_supplier = pl.DataFrame(conn.sql(
             "SELECT supplier, status, count(*) AS lines, max(days_in_status) AS longest_days FROM stuck_lines "

@@ -14,7 +14,14 @@ from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
-from ordersync_pipeline.sync import CLOSED_STATUSES, open_lines_sql
+from ordersync_pipeline.sync import open_lines_sql
+from ordersync_pipeline.vocabulary import (
+    AGE_BUCKET_COMMENT,
+    CLOSED_STATUSES,
+    age_bucket_order_sql,
+    age_bucket_sql,
+    status_key_sql,
+)
 from ordersync_pipeline.warehouse import apply_comments, transaction
 
 MART = dict(
@@ -36,9 +43,14 @@ def seconds_between(later: str, earlier: str) -> str:
 
 # Shared by every mart that speaks of lead times, so "delivered" and "lead time" mean one thing everywhere.
 LEAD_TIME_DAYS = f"{seconds_between('delivery_date', 'order_date')} / 86400.0"
-# make_timestamp(epoch_us(x)) is timezone('UTC', x) without ICU's per-row cost.
-ORDER_WEEK = "CAST(date_trunc('week', CAST(make_timestamp(epoch_us(order_date)) AS DATE)) AS DATE)"
-IS_DELIVERED = "lower(trim(status)) = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date"
+def utc_day(timestamp: str) -> str:
+    """SQL for the UTC date of a TIMESTAMPTZ whatever the session's time zone: make_timestamp(epoch_us(x)) is
+    timezone('UTC', x) without ICU's per-row cost."""
+    return f"CAST(make_timestamp(epoch_us({timestamp})) AS DATE)"
+
+
+ORDER_WEEK = f"CAST(date_trunc('week', {utc_day('order_date')}) AS DATE)"
+IS_DELIVERED = f"{status_key_sql('status')} = 'delivered' AND delivery_date IS NOT NULL AND delivery_date >= order_date"
 DELIVERY_LEAD_TIMES_SQL = f"""
 CREATE OR REPLACE TABLE delivery_lead_times AS
 SELECT
@@ -76,15 +88,9 @@ LEAD_TIME_COMMENTS = {
     ),
 }
 
-AGE_BUCKETS = (("0-2", 0, 2), ("3-7", 3, 7), ("8-14", 8, 14), ("15-30", 15, 30), ("31+", 31, None))
-AGE_BUCKET_CASE = "CASE " + " ".join(
-    f"WHEN age_days <= {high} THEN '{label}'" for label, _, high in AGE_BUCKETS if high is not None
-) + f" ELSE '{AGE_BUCKETS[-1][0]}' END"
-AGE_BUCKET_COMMENT = f"Age in whole days: {', '.join(label for label, _, _ in AGE_BUCKETS)}"
-AGE_BUCKET_ORDER = "CASE age_bucket " + " ".join(f"WHEN '{label}' THEN {i}" for i, (label, _, _) in enumerate(AGE_BUCKETS)) + " END"
 OPEN_ORDERS_SQL = f"""
 CREATE OR REPLACE TABLE open_orders AS
-SELECT *, {AGE_BUCKET_CASE} AS age_bucket
+SELECT *, {age_bucket_sql()} AS age_bucket
 FROM (
     SELECT order_status_id, order_id, po_number, supplier, status, carrier, order_date, order_day,
            $as_of::DATE AS as_of_day,
@@ -94,11 +100,11 @@ FROM (
 """
 OPEN_ORDER_SUMMARY_SQL = f"""
 CREATE OR REPLACE TABLE open_order_summary AS
-SELECT supplier, status, age_bucket, count(*) AS lines, count(DISTINCT order_id) AS orders,
+SELECT supplier, {status_key_sql()} AS status, age_bucket, count(*) AS lines, count(DISTINCT order_id) AS orders,
        min(order_date) AS oldest_order_date, max(age_days) AS oldest_age_days, any_value(as_of_day) AS as_of_day
 FROM open_orders
-GROUP BY supplier, status, age_bucket
-ORDER BY supplier, status, {AGE_BUCKET_ORDER}
+GROUP BY 1, 2, 3
+ORDER BY supplier, status, {age_bucket_order_sql()}
 """
 OPEN_ORDER_COMMENTS = {
     "open_orders": (
@@ -109,7 +115,7 @@ OPEN_ORDER_COMMENTS = {
     ),
     "open_order_summary": (
         "Open lines by supplier, status and age bucket, with the oldest order of each group.",
-        {"status": "Current status as last seen", "age_bucket": AGE_BUCKET_COMMENT,
+        {"status": "Current status, trimmed and lower-case (one spelling per status)", "age_bucket": AGE_BUCKET_COMMENT,
          "lines": "Open lines", "orders": "Distinct orders among them", "oldest_order_date": "Oldest order_date",
          "oldest_age_days": "Age of the oldest line, whole days to as_of_day",
          "as_of_day": "Partition day the table was built for"},

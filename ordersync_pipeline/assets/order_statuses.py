@@ -10,7 +10,8 @@ import polars as pl
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.sync import KNOWN_STATUSES, store_days
+from ordersync_pipeline.sync import store_days
+from ordersync_pipeline.vocabulary import is_known_sql
 from ordersync_pipeline.warehouse import DayLoad
 
 # Every asset and check that opens the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps them
@@ -50,7 +51,8 @@ def order_statuses(
     # ahead in threads meanwhile; a few whole days go in each transaction, so each day is all old or all new.
     with ordersync.client() as client, warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
         stored = store_days(client, conn, days, days_in_flight=ordersync.days_in_flight,
-                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
+                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode,
+                            pii_hash_key=warehouse.pii_hash_key)
         for load in stored:
             per_day.append(
                 {"day": str(load.day), "rows": load.rows.height, "api_total": load.api_total,
@@ -175,11 +177,10 @@ def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
 
 @dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="statuses outside the known vocabulary (warns, listing them)")
 def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
-    known = ", ".join(f"'{s}'" for s in KNOWN_STATUSES)
     with _connect_for_check(warehouse) as conn:
         unknown = pl.DataFrame(conn.sql(
             f"SELECT coalesce(status, '(null)') AS status, count(*) AS lines FROM order_statuses "
-            f"WHERE lower(trim(coalesce(status, ''))) NOT IN ({known}) GROUP BY 1 ORDER BY lines DESC"
+            f"WHERE NOT {is_known_sql()} GROUP BY 1 ORDER BY lines DESC"
         ))
     listed = ", ".join(f"{s} ({n})" for s, n in unknown.iter_rows())
     return _check(unknown.is_empty(), dg.AssetCheckSeverity.WARN,

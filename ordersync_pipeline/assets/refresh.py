@@ -92,13 +92,18 @@ def order_status_refresh(
     with ordersync.client() as client, warehouse.connect() as conn:
         lookback = _days_not_loaded_since(conn, window, _run_started_at(context))
         stored = store_days(client, conn, lookback, days_in_flight=ordersync.days_in_flight,
-                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode)
+                            days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode,
+                            pii_hash_key=warehouse.pii_hash_key)
         lines_refetched = sum(load.rows.height for load in stored)
         context.log.info(f"re-read {len(lookback)} lookback days ({lines_refetched} lines) through by-date")
-        result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode)
+        result = refresh_open_lines_before(client, conn, window_start, pii_mode=warehouse.pii_mode,
+                                           pii_hash_key=warehouse.pii_hash_key,
+                                           days_in_flight=ordersync.days_in_flight,
+                                           days_per_transaction=warehouse.days_per_transaction)
         context.log.info(
             f"refreshed open lines ordered before {window_start}: {result.po_numbers_requested} PO numbers, "
-            f"{result.lines_returned} lines returned, {result.lines_updated} updated"
+            f"{result.lines_returned} lines returned, {result.lines_updated} updated; {result.days_reread} days "
+            "re-read through by-date because a look-up showed a line moved or missing"
         )
         log_row = ArrowStream(pl.DataFrame({
             "as_of_day": [as_of], "refreshed_at": [dt.datetime.now(dt.timezone.utc)],
@@ -120,6 +125,7 @@ def order_status_refresh(
             "lines_refetched": lines_refetched,
             "po_numbers_requested": result.po_numbers_requested,
             "older_open_lines_updated": result.lines_updated,
+            "days_reread_for_moved_or_missing_lines": result.days_reread,
             "rejects": result.rejects,
             "api_requests": client.counter.requests,
             "api_retries": client.counter.retries,

@@ -16,11 +16,11 @@ from ordersync_pipeline.assets.metadata import image, markdown_table, table_meta
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.resources import OrderSyncWarehouse, delivery_target_days_from_env
-from ordersync_pipeline.sync import is_open_sql
+from ordersync_pipeline.vocabulary import CLOSED_STATUSES, WITH_CARRIER_STATUSES, is_open_sql, sql_list, status_key_sql
 
-_STATUS = "lower(trim(coalesce(status, '')))"
-_WITH_CARRIER = f"{_STATUS} IN ('shipped', 'in_transit')"
-_BEFORE_CARRIER = f"{_STATUS} NOT IN ('shipped', 'in_transit', 'delivered', 'cancelled')"
+_STATUS = status_key_sql("status")
+_WITH_CARRIER = f"{_STATUS} IN ({sql_list(WITH_CARRIER_STATUSES)})"
+_BEFORE_CARRIER = f"{_STATUS} NOT IN ({sql_list(WITH_CARRIER_STATUSES + CLOSED_STATUSES)})"
 # One row per line from history: when first observed and whether ever seen backordered.
 LINE_OBSERVATIONS_SQL = f"""
 SELECT order_status_id, min(first_seen_at) AS first_seen_at, bool_or({_STATUS} = 'backordered') AS ever_backordered

@@ -69,6 +69,17 @@ class SimulatedLine:
     # "spelling": statuses sent in MESSY_SPELLINGS; "delivered_before_ordered": that too, and the carrier
     # reports a delivery_date a day before order_date.
     quirk: str | None = None
+    # Upstream changes (SimulatedRetailer's amendment rates): from `date_corrected_at` on, the order's date
+    # is a day later (a routine data fix); from `vanishes_at` on, the API no longer returns the line (an
+    # order deleted or merged); from `respelled_at` on, its status is sent in upper case.
+    date_corrected_at: dt.datetime | None = None
+    vanishes_at: dt.datetime | None = None
+    respelled_at: dt.datetime | None = None
+
+    def order_date_at(self, now: dt.datetime) -> dt.datetime:
+        if self.date_corrected_at is not None and now >= self.date_corrected_at:
+            return self.order_date + dt.timedelta(days=1)
+        return self.order_date
 
     def status_at(self, now: dt.datetime) -> str | None:
         current = None
@@ -83,7 +94,7 @@ class SimulatedLine:
 
     def record_at(self, now: dt.datetime) -> dict | None:
         status = self.status_at(now)
-        if status is None:
+        if status is None or (self.vanishes_at is not None and now >= self.vanishes_at):
             return None
         shipped = self.status_changed_at(now, "shipped") is not None
         delivered_at = self.status_changed_at(now, "delivered")
@@ -96,11 +107,13 @@ class SimulatedLine:
             delivery_date = local.isoformat()
         if self.quirk is not None:
             status = MESSY_SPELLINGS.get(status, status)
+        if self.respelled_at is not None and now >= self.respelled_at:
+            status = status.upper()
         return {
             "order_id": self.order_id,
             "order_status_id": self.order_status_id,
             "supplier_order_id": self.supplier_order_id,
-            "order_date": self.order_date.isoformat(timespec="microseconds"),
+            "order_date": self.order_date_at(now).isoformat(timespec="microseconds"),
             "po_number": self.po_number,
             "item": self.item,
             "customer": self.customer,
@@ -162,7 +175,8 @@ def _timeline(rng: random.Random, order_date: dt.datetime, ship_days: float, tra
 class SimulatedRetailer:
     """All order lines of one retailer, generated per day on demand and cached."""
 
-    def __init__(self, seed: int = 7, orders_per_day: int = 200, messy_every: int = 0, id_seed: int | None = None):
+    def __init__(self, seed: int = 7, orders_per_day: int = 200, messy_every: int = 0, id_seed: int | None = None,
+                 date_corrections: float = 0.0, vanishing: float = 0.0, respelling: float = 0.0):
         self.seed = seed
         # Order ids (and so supplier order ids) come from id_seed: retailers given the same one share ids, as
         # separate retailers' numbering collides in reality. PO numbers are numbered per day alike anyway.
@@ -171,6 +185,10 @@ class SimulatedRetailer:
         # 1 line in messy_every gets a quirk (see SimulatedLine.quirk); 0 = a tidy feed. Chosen by the line's
         # id, not the seeded draws, so the rest of the data is the same either way.
         self.messy_every = messy_every
+        # Shares of orders whose date is corrected a day later 2-5 days after they were placed, of lines that
+        # vanish 3-8 days after, and of lines whose status is sent in upper case from 2 days after. Chosen by
+        # id, so the seeded data is the same with them off.
+        self.date_corrections, self.vanishing, self.respelling = date_corrections, vanishing, respelling
         self._days: dict[dt.date, list[SimulatedLine]] = {}
         self._late: dict[dt.date, list[SimulatedLine]] = {}  # lines injected later (paging drift)
         self._lock = threading.Lock()
@@ -188,8 +206,14 @@ class SimulatedRetailer:
             return len(self._late.get(day, ()))
 
     def records_for_day(self, day: dt.date, now: dt.datetime) -> list[dict]:
-        """What by-date returns for `day` at `now`: lines already ordered, in API order."""
-        return [r for line in self.lines_for_day(day) if (r := line.record_at(now)) is not None]
+        """What by-date returns for `day` at `now`: lines already ordered, in API order (a line whose date was
+        corrected is returned under its new day)."""
+        if not self.date_corrections:
+            return [r for line in self.lines_for_day(day) if (r := line.record_at(now)) is not None]
+        candidates = self.lines_for_day(day - dt.timedelta(days=1)) + self.lines_for_day(day)
+        records = [r for line in candidates
+                   if line.order_date_at(now).date() == day and (r := line.record_at(now)) is not None]
+        return sorted(records, key=lambda r: (r["order_date"], r["order_status_id"]))
 
     def add_late_lines(self, day: dt.date, count: int, rng: random.Random) -> list[SimulatedLine]:
         """Insert lines into `day` as if orders arrived late (the cause of paging drift)."""
@@ -259,7 +283,21 @@ class SimulatedRetailer:
             customer_zone=zone or rng.choice(CUSTOMER_ZONES),
             timeline=_timeline(rng, order_date, ship_days, CARRIERS[carrier][1]),
             quirk=self._quirk(order_status_id),
+            **self._amendments(order_id, order_status_id, order_date),
         )
+
+    def _amendments(self, order_id: str, order_status_id: str, order_date: dt.datetime) -> dict:
+        def draw(*parts: object) -> float:  # a number in [0, 1) from the ids, not from the seeded draws
+            return int(_hex_id(self.seed, *parts, length=8), 16) / 16**8
+        days = dt.timedelta(days=1)
+        amendments = {}
+        if draw(order_id, "correct") < self.date_corrections:
+            amendments["date_corrected_at"] = order_date + (2 + 3 * draw(order_id, "correct-when")) * days
+        if draw(order_status_id, "vanish") < self.vanishing:
+            amendments["vanishes_at"] = order_date + (3 + 5 * draw(order_status_id, "vanish-when")) * days
+        if draw(order_status_id, "respell") < self.respelling:
+            amendments["respelled_at"] = order_date + 2 * days
+        return amendments
 
     def _quirk(self, order_status_id: str) -> str | None:
         if not self.messy_every or int(order_status_id, 16) % self.messy_every:
