@@ -8,7 +8,7 @@ as the tables, over every retailer. Read-only ATTACHes never block publishing (i
 """
 
 from ordersync_pipeline.resources import resources_from_env, retailers_from_env
-from ordersync_pipeline.warehouse import sql_string
+from ordersync_pipeline.warehouse import sql_identifier, sql_string
 
 # The tables analysts compare most; any other table of the published files can be added.
 COMPARED_TABLES = ("order_statuses", "delivery_lead_times", "open_orders", "open_order_backlog", "stuck_lines",
@@ -17,12 +17,13 @@ COMPARED_TABLES = ("order_statuses", "delivery_lead_times", "open_orders", "open
 
 def across_retailers_sql(published_by_retailer: dict[str, str], tables: tuple[str, ...] = COMPARED_TABLES) -> str:
     """SQL that attaches each retailer's file read-only (as the retailer's name) and defines, for each table,
-    a TEMP view of every retailer's rows with a `retailer` column first. Names are ORDERSYNC_RETAILERS names
-    (lower-case letters, digits and _), so they are safe identifiers."""
-    attaches = [f"ATTACH IF NOT EXISTS {sql_string(path)} AS {retailer} (READ_ONLY);"
+    a TEMP view of every retailer's rows with a `retailer` column first. Names are quoted: ORDERSYNC_RETAILERS
+    allows names that are SQL keywords or start with a digit (`order`, `1acme`)."""
+    attaches = [f"ATTACH IF NOT EXISTS {sql_string(path)} AS {sql_identifier(retailer)} (READ_ONLY);"
                 for retailer, path in published_by_retailer.items()]
     views = [f"CREATE OR REPLACE TEMP VIEW {table} AS\n" + "\nUNION ALL BY NAME\n".join(
-                 f"SELECT '{retailer}' AS retailer, * FROM {retailer}.main.{table}" for retailer in published_by_retailer)
+                 f"SELECT {sql_string(retailer)} AS retailer, * FROM {sql_identifier(retailer)}.main.{table}"
+                 for retailer in published_by_retailer)
              + ";" for table in tables]
     return "\n".join(attaches) + "\n\n" + "\n\n".join(views) + "\n"
 

@@ -11,7 +11,9 @@ Knows no Dagster and no HTTP.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
+import stat
 import shutil
 import tempfile
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from ordersync_pipeline.warehouse import sql_string
+from ordersync_pipeline.warehouse import apply_comments, sql_identifier, sql_string
 
 # Files are written in this storage format unless configured otherwise: DuckDB 1.4 (LTS), 1.5 and 2.0
 # clients all read it, while DBeaver, the DuckDB CLI and BI tools often ship an older DuckDB than ours.
@@ -138,15 +140,21 @@ SELECT $published_at::TIMESTAMPTZ AS published_at, $run_id AS dagster_run_id, $a
 SNAPSHOT_INFO_COMMENTS = {
     "published_snapshot": (
         "One row: when this analysts' file was published and what it covers. The pipeline writes a private "
-        "working file and replaces this file with a complete copy after every run whose checks passed.",
-        {"published_at": "When this snapshot replaced the previous one (UTC)",
+        "working file and replaces this file with a complete copy after every run whose checks passed; this row "
+        "is written into the copy itself, just before it replaces the previous file.",
+        {"published_at": "When this copy was completed and swapped in (UTC; milliseconds before the rename)",
          "dagster_run_id": "The Dagster run that published it",
-         "as_of_day": "Partition day of that run (marts are as of this day)",
+         "as_of_day": "Day the marts in this file are as of (open_orders, stuck_lines); an older partition run "
+                      "late keeps newer marts, and this day says so",
          "first_order_day": "First UTC order day held", "last_order_day": "Last UTC order day held",
          "days_loaded": "Days loaded from the by-date endpoint", "order_lines": "Rows of order_statuses",
          "storage_version": "Oldest DuckDB version that reads this file"},
     ),
 }
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the previous published file is untouched and nothing was left beside it."""
 
 
 @dataclass(frozen=True)
@@ -160,40 +168,74 @@ class PublishedSnapshot:
     readwrite_holder: str | None  # a process that held the old snapshot read-write (a mistake), if any
 
 
-def publish(conn: duckdb.DuckDBPyConnection, published: str, storage_version: str) -> PublishedSnapshot:
+def publish(conn: duckdb.DuckDBPyConnection, published: str, storage_version: str, *, run_id: str,
+            as_of: dt.date) -> PublishedSnapshot:
     """Replace the analysts' file with a complete copy of the working database `conn` is open on.
 
-    `conn` must be the only connection to the working file (the caller holds DuckDB's write lock), and the
-    `published_snapshot` row must be written already. Steps: CHECKPOINT (the file alone is then complete),
-    copy it next to the published file under a temporary name, fsync, open the copy read-only to count its
-    rows, remove a WAL an analyst may have left beside the published file, rename the copy over it.
-    A run killed at any step leaves the old snapshot or the new one, whole; the next run removes the
-    leftover temporary file.
+    `conn` must be the only connection to the working file (the caller holds DuckDB's write lock). Steps:
+    CHECKPOINT (the file alone is then complete), copy it next to the published file under a temporary name,
+    write the `published_snapshot` row into the copy, fsync, count its rows, remove a WAL an analyst may
+    have left beside the published file, rename the copy over it (through a symlink, to its target; with the
+    previous file's permissions). A run killed at any step leaves the old snapshot or the new one, whole; the
+    next run removes the leftover temporary file. Any failure (a full disk among them) removes the copy and
+    raises PublishError saying what happened, with the previous file untouched.
     """
     started = time.monotonic()
+    target = os.path.realpath(published)  # a symlinked published path stays a link to the new file
     working = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
-    remove_leftovers(published)
-    partial = f"{_hidden_sibling(published)}{PUBLISHING_INFIX}{os.getpid()}.tmp"
+    remove_leftovers(target)
+    partial = f"{_hidden_sibling(target)}{PUBLISHING_INFIX}{os.getpid()}.tmp"
     conn.execute("CHECKPOINT")
     copied_file = _storage_tag(conn, _catalog(conn)) == _storage_tag_written_for(conn, storage_version)
-    if copied_file:
-        shutil.copyfile(working, partial)
-    else:  # the working file predates the storage-version setting: rewrite it in the configured format
-        conn.execute(f"ATTACH {sql_string(partial)} AS snapshot (STORAGE_VERSION {sql_string(storage_version)})")
-        conn.execute(f"COPY FROM DATABASE {_sql_identifier(_catalog(conn))} TO snapshot")
-        conn.execute("DETACH snapshot")
-    _fsync(partial)
-    with duckdb.connect(partial, read_only=True) as snapshot:
-        row_counts = {table: snapshot.execute(f"SELECT count(*) FROM {_sql_identifier(table)}").fetchall()[0][0]
-                      for (table,) in snapshot.execute(
-                          "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1").fetchall()}
-    holder = _readwrite_holder(published)
-    # A WAL beside the published file would be replayed against the new file and make every open fail.
-    _remove(f"{published}.wal")
-    os.replace(partial, published)
-    _fsync_folder(Path(published).parent)
-    return PublishedSnapshot(published, dt.datetime.now(dt.timezone.utc), os.path.getsize(published), row_counts,
+    try:
+        if copied_file:
+            shutil.copyfile(working, partial)
+        else:  # the working file predates the storage-version setting: rewrite it in the configured format
+            conn.execute(f"ATTACH {sql_string(partial)} AS snapshot (STORAGE_VERSION {sql_string(storage_version)})")
+            try:
+                conn.execute(f"COPY FROM DATABASE {sql_identifier(_catalog(conn))} TO snapshot")
+            finally:
+                conn.execute("DETACH snapshot")
+        published_at = dt.datetime.now(dt.timezone.utc)
+        with duckdb.connect(partial, config=storage_config(storage_version)) as snapshot:
+            snapshot.execute("DROP TABLE IF EXISTS published_snapshot")
+            snapshot.execute(SNAPSHOT_INFO_SQL, {"published_at": published_at, "run_id": run_id, "as_of": as_of,
+                                                 "storage_version": storage_version})
+            apply_comments(snapshot, SNAPSHOT_INFO_COMMENTS)
+            snapshot.execute("CHECKPOINT")
+            row_counts = {table: snapshot.execute(f"SELECT count(*) FROM {sql_identifier(table)}").fetchall()[0][0]
+                          for (table,) in snapshot.execute(
+                              "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' ORDER BY 1").fetchall()}
+        _remove(f"{partial}.wal")
+        _fsync(partial)
+        if os.path.exists(target):
+            os.chmod(partial, stat.S_IMODE(os.stat(target).st_mode))
+        holder = _readwrite_holder(target)
+        # A WAL beside the published file would be replayed against the new file and make every open fail.
+        _remove(f"{target}.wal")
+        os.replace(partial, target)
+    except (OSError, duckdb.Error) as exc:
+        _remove_with_wal(partial)
+        raise _explain_publish_failure(published, target, working, exc) from None
+    _fsync_folder(Path(target).parent)
+    return PublishedSnapshot(published, published_at, os.path.getsize(target), row_counts,
                              time.monotonic() - started, copied_file, holder)
+
+
+def _explain_publish_failure(published: str, target: str, working: str, exc: BaseException) -> PublishError:
+    folder = Path(target).parent
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    needed = os.path.getsize(working) if os.path.exists(working) else 0
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or needed > free:
+        return PublishError(
+            f"Publishing {published} failed: its folder {folder} has {free / 1e6:.1f} MB free and the copy needs "
+            f"{needed / 1e6:.1f} MB (the size of the working file). The previous published file is unchanged and "
+            "no partial copy was left. Free space there, or point ORDERSYNC_DUCKDB_PATH at a larger disk, and "
+            "re-run: the next run publishes without any other step.")
+    return PublishError(
+        f"Publishing {published} failed ({first_line}). The previous published file is unchanged and no partial "
+        "copy was left; fix the cause and re-run.")
 
 
 def remove_leftovers(path: str) -> list[str]:
@@ -281,7 +323,3 @@ def _remove(path: str) -> None:
 def _remove_with_wal(path: str) -> None:
     _remove(path)
     _remove(f"{path}.wal")
-
-
-def _sql_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

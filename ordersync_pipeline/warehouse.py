@@ -231,6 +231,10 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 class ArrowStream:
     """A polars frame as DuckDB reads it in SQL without pyarrow: through the Arrow PyCapsule interface.
 

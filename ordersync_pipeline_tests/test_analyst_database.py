@@ -197,38 +197,46 @@ def test_an_unusable_duckdb_path_fails_in_one_line_naming_the_setting(tmp_path, 
     assert not os.path.exists(default_working_path(bad))  # nothing written
 
 
+def publish_version(working: str, published: str, point: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ordersync_pipeline_tests.publisher_to_kill", working, published,
+                             point], stdout=subprocess.PIPE, text=True)
+
+
+def published_version(published: str) -> int:
+    """The version the published file holds, checked whole: every line of that version and no other."""
+    with duckdb.connect(published, read_only=True) as conn:
+        (version,) = conn.execute("SELECT v FROM version").fetchall()[0]
+        of_version, total = conn.execute("SELECT count(*) FILTER (WHERE v = $v), count(*) FROM lines",
+                                         {"v": version}).fetchall()[0]
+        assert conn.execute("SELECT dagster_run_id FROM published_snapshot").fetchall() == [(f"version-{version}",)]
+    assert of_version == total == 300_000, f"version {version}: {of_version} of {total} lines"
+    return version
+
+
 @pytest.mark.slow
-def test_kill_9_while_publishing_leaves_the_old_or_the_new_snapshot_whole(tmp_path):
-    import random
+@pytest.mark.parametrize("point,survivor", [("before-copy", "old"), ("mid-copy", "old"), ("before-rename", "old"),
+                                            ("after-rename", "new")])
+def test_kill_9_at_each_point_of_publishing_leaves_the_old_or_the_new_snapshot_whole(tmp_path, point, survivor):
     import signal
-    import time
 
     working, published = str(tmp_path / "work" / "w.duckdb"), str(tmp_path / "ordersync.duckdb")
     os.makedirs(tmp_path / "work")
-    rng = random.Random(5)
-    versions_seen = set()
-    for attempt in range(8):
-        publisher = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline_tests.publisher_to_kill",
-                                      working, published], stdout=subprocess.PIPE, text=True)
-        first = int(publisher.stdout.readline())  # one publish done: the kill lands in a later one
-        time.sleep(rng.uniform(0.0, 0.6))
-        publisher.send_signal(signal.SIGKILL)
-        publisher.wait(timeout=30)
-        with duckdb.connect(published, read_only=True) as conn:
-            (version,) = conn.execute("SELECT v FROM version").fetchall()[0]
-            rows, versions = conn.execute("SELECT count(*), count(DISTINCT v) FROM lines WHERE v = "
-                                          "(SELECT v FROM version)").fetchall()[0]
-            assert conn.execute("SELECT count(*) FROM lines").fetchall()[0][0] == rows == 300_000, attempt
-        assert version >= first and versions == 1, f"attempt {attempt}: a partial snapshot"
-        versions_seen.add(version)
-        assert not os.path.exists(f"{published}.wal")
+    first = publish_version(working, published, "none")
+    assert first.wait(timeout=120) == 0
+    assert published_version(published) == 1
+    publisher = publish_version(working, published, point)
+    assert publisher.stdout.readline().strip() == point  # stopped exactly there
+    publisher.send_signal(signal.SIGKILL)
+    publisher.wait(timeout=30)
+    assert published_version(published) == {"old": 1, "new": 2}[survivor]
+    assert not os.path.exists(f"{published}.wal")
     leftovers = [name for name in os.listdir(tmp_path) if ".publishing-" in name]
-    # The next publish removes what killed ones left behind.
-    from ordersync_pipeline.snapshots import remove_leftovers
-
-    assert sorted(remove_leftovers(published)) == sorted(str(tmp_path / name) for name in leftovers)
+    assert bool(leftovers) == (point in ("mid-copy", "before-rename")), leftovers
+    # The next publish goes through without any step by hand and removes what the killed one left.
+    following = publish_version(working, published, "none")
+    assert following.wait(timeout=120) == 0
+    assert published_version(published) == 3  # the killed run committed version 2 to the working file
     assert files_beside(published) == ["ordersync.duckdb", "work"]
-    assert len(versions_seen) > 1
 
 
 CLIENT_VENVS = Path.home() / ".cache" / "ordersync-pipeline-tests"
@@ -267,3 +275,21 @@ def test_the_published_file_opens_in_older_duckdb_clients(simulator, resources, 
     assert seen_by_client["version"] == version
     assert seen_by_client["counts"] == mine["counts"] and mine["counts"]["order_statuses"] > 0
     assert seen_by_client["latest"] == mine["latest"] and seen_by_client["names"] == mine["names"]
+
+
+def test_published_snapshot_says_what_the_file_holds_after_runs_out_of_order(simulator, resources, database,
+                                                                             published):
+    assert run_daily(resources, "2025-12-08").success
+    before_late_run = dt.datetime.now(dt.timezone.utc)
+    late = run_daily(resources, "2025-12-06")  # a catch-up run finishing after a newer one
+    assert late.success
+    published_at, run_id, as_of, lines = published_info(published)
+    with duckdb.connect(published, read_only=True) as conn:
+        marts = conn.execute("SELECT (SELECT max(as_of_day) FROM open_orders), "
+                             "(SELECT max(as_of_day) FROM open_order_summary)").fetchall()[0]
+        assert lines == conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
+    assert run_id == late.run_id and as_of == marts[0] == marts[1] == dt.date(2025, 12, 8)
+    # Written into the copy just before it replaced the previous file: not before the copy existed.
+    assert published_at.timestamp() <= os.path.getmtime(published) + 1
+    assert published_at > before_late_run
+    assert published_at.timestamp() >= os.path.getmtime(database)  # after the working file's last checkpoint

@@ -190,8 +190,8 @@ def test_across_retailers_command_prints_the_script_or_says_what_to_set(monkeypa
     monkeypatch.setenv("ORDERSYNC_DUCKDB_PATH", str(tmp_path / "it's" / "o.duckdb"))
     assert main(["across-retailers"]) == 0
     script = capsys.readouterr().out
-    assert f"ATTACH IF NOT EXISTS '{tmp_path}/it''s/acme/o.duckdb' AS acme (READ_ONLY);" in script
-    assert "SELECT 'globex' AS retailer, * FROM globex.main.order_statuses" in script
+    assert f"ATTACH IF NOT EXISTS '{tmp_path}/it''s/acme/o.duckdb' AS \"acme\" (READ_ONLY);" in script
+    assert "SELECT 'globex' AS retailer, * FROM \"globex\".main.order_statuses" in script
 
 
 @pytest.mark.slow

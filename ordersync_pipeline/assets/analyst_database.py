@@ -5,20 +5,17 @@ replaces with a complete copy after every run whose blocking checks passed. Sess
 keep answering from it; new sessions see the new one. No one waits on anyone's lock.
 """
 
-import datetime as dt
-
 import dagster as dg
 import polars as pl
 
 from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
-from ordersync_pipeline.assets.marts import MART, delivery_lead_times, open_orders
+from ordersync_pipeline.assets.marts import MART, built_as_of, delivery_lead_times, open_orders
 from ordersync_pipeline.assets.metadata import markdown_table
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
-from ordersync_pipeline.snapshots import SNAPSHOT_INFO_COMMENTS, SNAPSHOT_INFO_SQL, publish
-from ordersync_pipeline.warehouse import apply_comments, transaction
+from ordersync_pipeline.snapshots import PublishError, publish
 
 # Every mart the analysts' file holds, rebuilt before each publish.
 MARTS = [delivery_lead_times, open_orders, open_order_backlog, stuck_lines, supplier_scorecard, carrier_scorecard]
@@ -34,13 +31,16 @@ def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWare
     if not warehouse.analyst_database:
         raise dg.Failure("The warehouse resource has no analyst_database path: set ORDERSYNC_DUCKDB_PATH (the file "
                          "analysts open) or OrderSyncWarehouse(analyst_database=...).")
-    as_of = partition_days(context)[-1]
     with warehouse.connect() as conn:
-        with transaction(conn):
-            conn.execute(SNAPSHOT_INFO_SQL, {"published_at": dt.datetime.now(dt.timezone.utc), "run_id": context.run_id,
-                                             "as_of": as_of, "storage_version": warehouse.storage_version})
-            apply_comments(conn, SNAPSHOT_INFO_COMMENTS)
-        snapshot = publish(conn, warehouse.analyst_database, warehouse.storage_version)
+        # What the marts hold: a partition run late keeps newer marts (open_orders, stuck_lines), and so does the row.
+        as_of = built_as_of(conn, "open_orders") or partition_days(context)[-1]
+        # The row lives in the published copy only (older working files kept a stale one).
+        conn.execute("DROP TABLE IF EXISTS published_snapshot")
+        try:
+            snapshot = publish(conn, warehouse.analyst_database, warehouse.storage_version, run_id=context.run_id,
+                               as_of=as_of)
+        except PublishError as exc:
+            raise dg.Failure(str(exc)) from None
     if snapshot.readwrite_holder:
         context.log.warning(
             f"{snapshot.readwrite_holder} had {snapshot.path} open read-write; it keeps the old snapshot, and what it "
