@@ -296,7 +296,7 @@ def describe_error(exc: BaseException | None) -> str:
     else:
         said = re.sub(r"\s+", " ", text).strip()[:300] or type(exc).__name__
         said = f"{type(exc).__name__}: {said}"
-    return redact(said)
+    return redact(said.rstrip(". "))
 
 
 def redact(text: str) -> str:
