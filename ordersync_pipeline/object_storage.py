@@ -175,6 +175,10 @@ def upload_snapshot(local_file: str, url: str, published_at: dt.datetime, keep: 
     version_key = location.version_key(published_at)
     size = os.path.getsize(local_file)
     step = _stepper(location, attempts, on_retry)
+    if step("check the version name is free", lambda: _exists(store, version_key)):
+        # Versions are immutable: never overwrite one (two publishes within one second, or a clock gone back).
+        raise PublishError(f"publishing {url} failed: the version {location.url_of(version_key)} exists already; "
+                           "publish again in a second. The URL's object and the kept versions are unchanged.")
     step("upload the new version", lambda: obstore.put(store, version_key, Path(local_file), chunk_size=CHUNK_BYTES,
                                                        max_concurrency=CONCURRENT_PARTS))
     stored = step("check the uploaded version", lambda: obstore.head(store, version_key))["size"]
@@ -184,7 +188,7 @@ def upload_snapshot(local_file: str, url: str, published_at: dt.datetime, keep: 
                            "version. Run the publish again.")
     step("replace the latest with the new version", lambda: obstore.copy(store, version_key, location.key))
     uploaded_at = dt.datetime.now(dt.timezone.utc)
-    kept, deleted, cleanup_error = _keep_newest(store, location, keep, step)
+    kept, deleted, cleanup_error = _keep_newest(store, location, keep, step, version_key)
     return UploadedSnapshot(url, location.url_of(version_key), size, uploaded_at, time.monotonic() - started,
                             kept, deleted, cleanup_error)
 
@@ -232,12 +236,26 @@ def _version_keys(store, location: SnapshotLocation) -> list[str]:
     return sorted(k for k in keys if _VERSION_NAME.fullmatch(k[len(location.versions_prefix):]))
 
 
-def _keep_newest(store, location: SnapshotLocation, keep: int, step) -> tuple[list[str], list[str], str | None]:
+def _exists(store, key: str) -> bool:
+    import obstore
+
+    try:
+        # A one-byte ranged GET rather than HEAD: a refused GET carries the store's error code in its body.
+        obstore.get_range(store, key, start=0, length=1)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _keep_newest(store, location: SnapshotLocation, keep: int, step,
+                 new_key: str) -> tuple[list[str], list[str], str | None]:
     import obstore
 
     try:
         keys = step("list the versions", lambda: _version_keys(store, location))
-        old, kept = keys[:-keep], keys[-keep:]
+        # Newest by name; the version just published stays even if a clock gone back named older ones newer.
+        old = [k for k in keys[:-keep] if k != new_key]
+        kept = [k for k in keys if k not in old]
         if old:
             step("delete old versions", lambda: obstore.delete(store, old))
     except PublishError as exc:

@@ -19,7 +19,7 @@ import pytest
 
 from ordersync_pipeline.cli import main
 from ordersync_pipeline.definitions import build_many_retailers_definitions
-from ordersync_pipeline.object_storage import PublishSettingError, list_versions, upload_snapshot
+from ordersync_pipeline.object_storage import PublishError, PublishSettingError, list_versions, upload_snapshot
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.object_store import RemoteAnalyst, S3Server
@@ -99,6 +99,21 @@ def test_publish_urls_per_retailer_and_loopback_http(monkeypatch):
     assert resources_from_env("acme")["warehouse"].publish_keep == 30
 
 
+@pytest.mark.slow
+def test_a_bad_publish_url_stops_the_definitions_loading_before_anything_is_written(tmp_path):
+    env = {**os.environ, "ORDERSYNC_API_KEY_ACME": "pk_live_x", "ORDERSYNC_RETAILERS": "acme",
+           "ORDERSYNC_DUCKDB_PATH": str(tmp_path / "o.duckdb"), "ORDERSYNC_PUBLISH_URL": URL,
+           "ORDERSYNC_PUBLISH_URL_ACME": "s3://analytics/acme.parquet"}
+    env.pop("DAGSTER_HOME", None)
+    completed = subprocess.run([sys.executable, "-c", "import ordersync_pipeline.definitions"], capture_output=True,
+                               text=True, timeout=120, env=env, cwd=tmp_path)
+    assert completed.returncode != 0
+    assert completed.stderr.strip().splitlines()[-1].endswith(
+        "ORDERSYNC_PUBLISH_URL_ACME=s3://analytics/acme.parquet: the URL must name a .duckdb file inside the bucket, "
+        "e.g. s3://analytics/ordersync/ordersync.duckdb")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- publishing and retention ----------------------------------------------------------------------------
 
 def small_database(path: Path, version: int) -> str:
@@ -120,6 +135,11 @@ def test_after_keep_plus_two_publishes_exactly_the_newest_keep_versions_remain(s
     assert uploaded.versions_deleted == [published[1]]  # each publish deletes what fell out of the newest `keep`
     assert sorted(s3.objects(BUCKET, VERSIONS)) == [url.removeprefix(f"s3://{BUCKET}/") for url in published[-keep:]]
     assert s3.objects(BUCKET, VERSIONS)[VERSIONS + "20261208T060012Z.duckdb"] == Path(local).read_bytes()
+    # A version is never overwritten, not even by a publish within the same second.
+    before = s3.objects(BUCKET)
+    with pytest.raises(PublishError, match="exists already"):
+        upload_snapshot(small_database(tmp_path / "again.duckdb", 99), URL, first + dt.timedelta(days=keep + 1))
+    assert s3.objects(BUCKET) == before
 
 
 @pytest.mark.slow
@@ -254,8 +274,8 @@ def test_a_failed_upload_fails_the_run_in_one_line_and_leaves_the_last_good_vers
         message = failure.step_failure_data.error.message.strip()
         logs = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
     s3.refuse_writes = False
-    assert f"publishing {url} failed at 'upload the new version'" in message and says in message
-    assert "unchanged" in message and "\n" not in message.split(": ", 1)[1]
+    assert f"Failure: publishing {url} failed at '" in message and says in message  # Dagster names the class
+    assert "unchanged" in message and "\n" not in message
     assert s3.objects(BUCKET) == before  # the URL's object and every version, byte for byte
     output = capfd.readouterr()
     for secret in secrets:
