@@ -108,6 +108,10 @@ def parse_publish_url(url: str, setting: str = PUBLISH_URL_SETTING) -> SnapshotL
             "s3://bucket/path/name.duckdb (AWS S3, MinIO, R2, Ceph), gs://bucket/… or az://container/…")
     if not parts.netloc:
         raise PublishSettingError(f"{setting}={url}: no bucket; use {scheme}://bucket/path/name.duckdb")
+    if parts.password is not None:
+        # Not even redacted: a URL is shown in metadata and logs. (abfs:// URLs carry container@account, no password.)
+        raise PublishSettingError(f"{setting}: the URL holds a password; remove it and set the store's standard "
+                                  "credential variables (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, …) instead")
     key = parts.path.lstrip("/")
     if parts.query or parts.fragment:
         raise PublishSettingError(f"{setting}={url}: no ?query or #fragment; use {scheme}://bucket/path/name.duckdb")

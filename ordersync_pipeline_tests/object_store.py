@@ -24,19 +24,23 @@ ANALYST_DUCKDB = "1.4.4"
 
 
 class S3Server:
-    """moto on 127.0.0.1:<free port>; `refuse_writes = True` makes it answer 500 to PUT and POST."""
+    """moto on 127.0.0.1:<free port>; `refuse_writes = True` makes it answer 500 to every PUT and POST,
+    `writes_to_fail = N` to the next N only."""
 
     def __init__(self) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
         self.refuse_writes = False
+        self.writes_to_fail = 0  # the next N writes answer 500, then the store recovers
         self.requests: list[str] = []
         moto_app = DomainDispatcherApplication(create_backend_app)
 
         def app(environ, start_response):
             self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}")
-            if self.refuse_writes and environ["REQUEST_METHOD"] in ("PUT", "POST"):
+            failing = self.refuse_writes or self.writes_to_fail > 0
+            if failing and environ["REQUEST_METHOD"] in ("PUT", "POST"):
+                self.writes_to_fail -= 1
                 start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
                 return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code><Message>We "
                         b"encountered an internal error. Please try again.</Message></Error>"]

@@ -69,6 +69,7 @@ def remote_counts(analyst: RemoteAnalyst, alias: str) -> dict[str, int]:
     ({"ORDERSYNC_PUBLISH_URL": "s3:///ordersync.duckdb"}, "no bucket"),
     ({"ORDERSYNC_PUBLISH_URL": "s3://analytics/ordersync.parquet"}, "must name a .duckdb file"),
     ({"ORDERSYNC_PUBLISH_URL": "s3://analytics"}, "must name a .duckdb file"),
+    ({"ORDERSYNC_PUBLISH_URL": "s3://AKIAX:S3CRET@analytics/o.duckdb"}, "ORDERSYNC_PUBLISH_URL: the URL holds a password"),
     ({"ORDERSYNC_PUBLISH_URL": URL, "AWS_ENDPOINT_URL": "http://minio.internal:9000"},
      "AWS_ENDPOINT_URL=http://minio.internal:9000 is plain http to a host other than loopback"),
     ({"ORDERSYNC_PUBLISH_URL": URL, "ORDERSYNC_PUBLISH_KEEP": "0"}, "ORDERSYNC_PUBLISH_KEEP must be a whole number >= 1"),
@@ -140,6 +141,18 @@ def test_after_keep_plus_two_publishes_exactly_the_newest_keep_versions_remain(s
     with pytest.raises(PublishError, match="exists already"):
         upload_snapshot(small_database(tmp_path / "again.duckdb", 99), URL, first + dt.timedelta(days=keep + 1))
     assert s3.objects(BUCKET) == before
+
+
+def test_a_store_failing_a_few_writes_is_retried_with_backoff_and_the_publish_succeeds(s3, tmp_path):
+    local = small_database(tmp_path / "v.duckdb", 1)
+    retries = []
+    s3.writes_to_fail = 4  # more than obstore's own retries of one request: tenacity retries the step
+    uploaded = upload_snapshot(local, URL, dt.datetime(2026, 12, 4, 6, tzinfo=dt.timezone.utc), on_retry=retries.append)
+    assert s3.writes_to_fail <= 0 and s3.objects(BUCKET, LATEST_KEY)[LATEST_KEY] == Path(local).read_bytes()
+    assert uploaded.versions_kept == [uploaded.version_url]
+    assert len(retries) == 1 and retries[0].startswith(f"upload the new version for {URL} failed (attempt 1 of 4): "
+                                                       "HTTP 500 InternalError")
+    assert s3.secret not in retries[0]
 
 
 @pytest.mark.slow
