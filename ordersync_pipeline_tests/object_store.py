@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from threading import Thread
@@ -33,11 +34,14 @@ class S3Server:
 
         self.refuse_writes = False
         self.writes_to_fail = 0  # the next N writes answer 500, then the store recovers
+        self.write_delay_seconds = 0.0  # a slow store: each PUT/POST waits this long before it is handled
         self.requests: list[str] = []
         moto_app = DomainDispatcherApplication(create_backend_app)
 
         def app(environ, start_response):
             self.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}")
+            if self.write_delay_seconds and environ["REQUEST_METHOD"] in ("PUT", "POST"):
+                time.sleep(self.write_delay_seconds)
             failing = self.refuse_writes or self.writes_to_fail > 0
             if failing and environ["REQUEST_METHOD"] in ("PUT", "POST"):
                 self.writes_to_fail -= 1

@@ -313,6 +313,44 @@ def test_one_retailers_failing_upload_fails_only_that_retailer(s3, simulator, tm
     assert len(s3.objects(BUCKET, VERSIONS)) == 1
 
 
+@pytest.mark.slow
+def test_kill_9_of_a_run_during_its_upload_leaves_the_url_the_last_good_version(s3, simulator, resources, database,
+                                                                               published):
+    assert run_daily(publishing(resources), "2025-12-08").success
+    good = s3.objects(BUCKET, LATEST_KEY)[LATEST_KEY]
+    s3.write_delay_seconds = 3.0  # a slow store, so the kill lands while the version is being uploaded
+    env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": simulator.base_url,
+           "ORDERSYNC_DUCKDB_PATH": published, "ORDERSYNC_WORKING_DUCKDB_PATH": database, "ORDERSYNC_PUBLISH_URL": URL,
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("DAGSTER_HOME", None)
+    run = subprocess.Popen([sys.executable, "-m", "dagster", "job", "execute", "-m", "ordersync_pipeline.definitions",
+                            "-j", "daily_order_sync", "--tags", '{"dagster/partition": "2025-12-09"}'],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.split(" ", 1)[0] in ("PUT", "POST") and f"/{VERSIONS}" in r for r in s3.requests):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before uploading"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.kill()
+        run.wait(timeout=30)
+    time.sleep(s3.write_delay_seconds + 1)  # let the server finish whatever it was handling
+    s3.write_delay_seconds = 0.0
+    assert s3.objects(BUCKET, LATEST_KEY)[LATEST_KEY] == good  # the copy never happened: the last good version
+    local = Path(published).with_name("latest.duckdb")
+    local.write_bytes(good)
+    with duckdb.connect(str(local), read_only=True) as conn:
+        assert conn.execute("SELECT as_of_day::VARCHAR FROM published_snapshot").fetchall() == [("2025-12-08",)]
+        assert conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0] > 0
+    for key, body in s3.objects(BUCKET, VERSIONS).items():  # a version is there whole, or not at all
+        path = Path(published).with_name("version.duckdb")
+        path.write_bytes(body)
+        with duckdb.connect(str(path), read_only=True) as conn:
+            assert conn.execute("SELECT count(*) FROM published_snapshot").fetchall() == [(1,)], key
+        path.unlink()
+
+
 PUBLISHER = """
 import datetime as dt, sys, time
 from ordersync_pipeline.object_storage import upload_snapshot
