@@ -15,9 +15,9 @@ import polars as pl
 from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
 from ordersync_pipeline.assets.marts import MART, delivery_lead_times, open_orders
 from ordersync_pipeline.assets.metadata import markdown_table
-from ordersync_pipeline.object_storage import PublishError, UploadedSnapshot, upload_snapshot
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
+from ordersync_pipeline.object_storage import PublishError, UploadedSnapshot, upload_snapshot
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
 from ordersync_pipeline.snapshots import SNAPSHOT_INFO_COMMENTS, SNAPSHOT_INFO_SQL, publish
