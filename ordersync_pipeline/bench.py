@@ -17,7 +17,10 @@ Measured, each the median of --repeat runs:
 - dlt: the best-tuned dlt `rest_api` pipeline on the same data (bench_dlt.py; needs the `bench` extra);
 - naive baseline: sequential paging and row-by-row `executemany` inserts, over --naive-days days;
 - marts: each mart's SQL over a synthetic table of --mart-lines lines (and two history spells per line);
-- the daily job: one partition with the default 14-day lookback and the open-line refresh.
+- the daily job: one partition with the default 14-day lookback and the open-line refresh;
+- publishing: the local publish, and beside it the upload to object storage (ORDERSYNC_PUBLISH_URL) against
+  moto's S3 server on 127.0.0.1 (needs the `dev` extra's moto; skipped without it). Loopback has no
+  network latency or bandwidth limit: this is the client's and the store's own cost, a floor.
 
 --pre-encoded makes the simulator serve every by-date page from bytes encoded once (its clock frozen), so
 the server is not the bottleneck and the raw-fetch limit reflects the client alone.
@@ -404,11 +407,49 @@ def publish_benchmark(working: str, repeat: int) -> None:
         lines = conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
         published = str(Path(folder) / "ordersync.duckdb")
         snapshots = [publish(conn, published, DEFAULT_STORAGE_VERSION) for _ in range(repeat)]
-    seconds = statistics.median(snapshot.seconds for snapshot in snapshots)
-    size = snapshots[-1].size_bytes / 1e6
-    print(f"publish {lines:,} lines ({size:,.0f} MB published, working file {os.path.getsize(working) / 1e6:,.0f} MB): "
-          f"{seconds:.2f} s median = {seconds / lines * 1e6:.2f} s per million lines; extra disk while publishing: "
-          f"{size:,.0f} MB (one copy); {'file copy' if snapshots[-1].copied_file else 'rewritten through DuckDB'}")
+        seconds = statistics.median(snapshot.seconds for snapshot in snapshots)
+        size = snapshots[-1].size_bytes / 1e6
+        print(f"publish {lines:,} lines ({size:,.0f} MB published, working file {os.path.getsize(working) / 1e6:,.0f} "
+              f"MB): {seconds:.2f} s median = {seconds / lines * 1e6:.2f} s per million lines; extra disk while "
+              f"publishing: {size:,.0f} MB (one copy); "
+              f"{'file copy' if snapshots[-1].copied_file else 'rewritten through DuckDB'}")
+        upload_benchmark(published, lines, repeat)
+
+
+def upload_benchmark(published: str, lines: int, repeat: int) -> None:
+    """object_storage.upload_snapshot of the published file (upload a version + server-side copy + retention)
+    to moto's S3 server on loopback, timed; the AWS_* variables are set for the call and restored after."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        print("publish to object storage: skipped (needs moto[server], in the dev extra)")
+        return
+    from ordersync_pipeline.object_storage import upload_snapshot
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench")
+        moment = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        uploads = [upload_snapshot(published, "s3://bench/ordersync.duckdb", moment + dt.timedelta(seconds=n), keep=2)
+                   for n in range(repeat)]
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+    seconds = statistics.median(u.seconds for u in uploads)
+    print(f"publish to object storage (moto S3 on loopback; upload + server-side copy + retention), "
+          f"{uploads[-1].size_bytes / 1e6:,.0f} MB: {seconds:.2f} s median = {seconds / lines * 1e6:.2f} s per million "
+          "lines, on top of the local publish")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
     ordersync lookup supplier-order ID [--json]  live look-up by supplier order id
     ordersync simulator [--port 8765]            serve the embedded simulator until Ctrl-C
     ordersync bench [--days 90] [--latency-ms 0] measure ingest speed and memory against baselines
-    ordersync report [--database PATH] [--output PATH]  the analysts' file as one HTML page
+    ordersync report [--database PATH|URL] [--output PATH]  the analysts' file as one HTML page
 """
 
 import argparse
@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write the published analysts' file as one self-contained HTML page")
     report.add_argument("--database", help="the analysts' DuckDB file, opened read-only (default ORDERSYNC_DUCKDB_PATH, "
-                                           "else data/ordersync.duckdb)")
+                                           "else data/ordersync.duckdb), or its object-storage URL (s3://…/NAME.duckdb "
+                                           "or a version's), downloaded first with the standard AWS_* variables")
     report.add_argument("--output", help="HTML file to write (default beside the database: NAME-report.html)")
     report.set_defaults(run=run_report)
 

@@ -56,17 +56,44 @@ def default_output(database: str | Path) -> Path:
 
 
 def write_report(database: str | Path, output: str | Path | None = None) -> Path:
-    """Write the HTML page for `database` (read-only) to `output` (default beside it); return its path."""
+    """Write the HTML page for `database` (read-only) to `output` (default beside it); return its path.
+
+    `database` may be a published object-storage URL (s3://…/ordersync.duckdb or one of its versions): it is
+    downloaded to a temporary file first (the pipeline's DuckDB has no httpfs), and the page is written to
+    the current folder by default.
+    """
+    if "://" in str(database):
+        return _write_report_from_url(str(database), output)
     database = Path(database).resolve()
     output = Path(output) if output else default_output(database)
-    page = render_report(database)
+    return _write_page(render_report(database), output)
+
+
+def _write_report_from_url(url: str, output: str | Path | None) -> Path:
+    import tempfile
+
+    from ordersync_pipeline.object_storage import UploadError, PublishSettingError, download
+
+    output = Path(output) if output else Path(default_output(Path(url.rsplit("/", 1)[-1])).name)
+    with tempfile.TemporaryDirectory(prefix="ordersync-report-") as folder:
+        local = Path(folder) / "snapshot.duckdb"
+        try:
+            download(url, str(local))
+        except PublishSettingError as exc:
+            raise ReportError(f"--database {url}: {str(exc).split(': ', 1)[-1]}") from None
+        except UploadError as exc:
+            raise ReportError(f"--database {url}: {exc}") from None
+        return _write_page(render_report(local, source=url), output)
+
+
+def _write_page(page: str, output: Path) -> Path:
     partial = output.with_name(f".{output.name}.partial")
     partial.write_text(page, encoding="utf-8")
     os.replace(partial, output)  # a reader never sees half a page
     return output
 
 
-def render_report(database: Path) -> str:
+def render_report(database: Path, source: str | None = None) -> str:
     with _open(database) as conn:
         snapshot = pl.DataFrame(conn.sql("SELECT * FROM published_snapshot")).row(0, named=True)
         target = conn.execute("SELECT any_value(delivery_target_days) FROM supplier_scorecard").fetchall()[0][0]
@@ -94,7 +121,7 @@ def render_report(database: Path) -> str:
         counts = {"Stuck lines": conn.execute("SELECT count(*) FROM stuck_lines").fetchall()[0][0],
                   "Late open lines": conn.execute("SELECT count(*) FROM open_orders WHERE age_days > $target",
                                                   {"target": target}).fetchall()[0][0]}
-    return _page(database, snapshot, headlines, figures, tables, counts)
+    return _page(source or database, snapshot, headlines, figures, tables, counts)
 
 
 def _open(database: Path) -> duckdb.DuckDBPyConnection:
@@ -166,7 +193,7 @@ th, td { border-bottom: 1px solid #eee; padding: .25rem .6rem; text-align: left;
 """
 
 
-def _page(database: Path, snapshot: dict, headlines: list, figures: list, tables: list, counts: dict) -> str:
+def _page(database: Path | str, snapshot: dict, headlines: list, figures: list, tables: list, counts: dict) -> str:
     esc = html.escape
     headline_html = "".join(
         f"<div class='headline'><span class='value'>{esc(value)}</span><span class='label'>{esc(h.label)}</span>"

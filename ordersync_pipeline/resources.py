@@ -16,6 +16,13 @@ from pydantic import Field
 
 from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
 from ordersync_pipeline.normalise import PII_MODES
+from ordersync_pipeline.object_storage import (
+    DEFAULT_KEEP,
+    PUBLISH_KEEP_SETTING,
+    PUBLISH_URL_SETTING,
+    parse_publish_url,
+    retailer_publish_url,
+)
 from ordersync_pipeline.snapshots import (
     DEFAULT_STORAGE_VERSION,
     WarehouseFileError,
@@ -78,6 +85,11 @@ class OrderSyncWarehouse(DuckDBResource):
     lock_timeout_seconds: float = Field(
         default=120.0, description="How long a run waits for another process to release the file before failing."
     )
+    publish_url: str | None = Field(
+        default=None, description="Object-storage URL the analysts' file is also published to (ORDERSYNC_PUBLISH_URL, "
+                                  "e.g. s3://bucket/path/ordersync.duckdb); None: the local file only.")
+    publish_keep: int = Field(default=DEFAULT_KEEP, ge=1,
+                              description="Versions kept under <URL without .duckdb>/snapshots/ (ORDERSYNC_PUBLISH_KEEP).")
 
     @contextmanager
     def connect(self, memory_limit_at_most: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -288,13 +300,38 @@ def refuse_non_posix() -> None:
                            "Linux container.")
 
 
+def publish_url_setting(retailer: str | None) -> str:
+    """The variable naming a retailer's own publish URL: ORDERSYNC_PUBLISH_URL_ACME for retailer acme."""
+    return f"{PUBLISH_URL_SETTING}_{retailer.upper()}" if retailer else PUBLISH_URL_SETTING
+
+
+def publish_url_from_env(retailer: str | None = None) -> str | None:
+    """Where the analysts' file is published in object storage, checked; None when ORDERSYNC_PUBLISH_URL is unset.
+
+    A retailer publishes to ORDERSYNC_PUBLISH_URL_<RETAILER> if set, else to ORDERSYNC_PUBLISH_URL with the
+    retailer's name as a folder before the file name (as retailer_path() does for local files).
+    """
+    if retailer and os.environ.get(publish_url_setting(retailer)):
+        setting = publish_url_setting(retailer)
+        url = os.environ[setting]
+    elif os.environ.get(PUBLISH_URL_SETTING):
+        setting = PUBLISH_URL_SETTING
+        parse_publish_url(os.environ[setting], setting)  # the shared URL itself must be good too
+        url = retailer_publish_url(os.environ[setting], retailer)
+    else:
+        return None
+    parse_publish_url(url, setting)
+    return url
+
+
 def resources_from_env(retailer: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """The production wiring: the key via EnvVar (never read into code), the rest with defaults.
 
     Every setting is checked here, when the definitions load. ORDERSYNC_START_DATE is read (with
     date_from_env) by partitions.py, earlier still.
-    With `retailer`, the key is ORDERSYNC_API_KEY_<RETAILER> and both DuckDB files sit in a folder named
-    after the retailer beside where the settings point; every other setting is shared.
+    With `retailer`, the key is ORDERSYNC_API_KEY_<RETAILER>, both DuckDB files sit in a folder named after
+    the retailer beside where the settings point, and so does its publish URL (publish_url_from_env);
+    every other setting is shared.
     """
     refuse_non_posix()
     # Read by the runs' config (refresh, stuck_lines, supplier_scorecard), and checked here too so that a bad
@@ -329,6 +366,8 @@ def resources_from_env(retailer: str | None = None) -> dict[str, dg.Configurable
             # Only through EnvVar, as the API key: never a value in code, config or the run's metadata.
             pii_hash_key=dg.EnvVar(PII_HASH_KEY_SETTING) if pii_mode == "hash" else None,
             days_per_transaction=number_from_env("ORDERSYNC_DAYS_PER_TRANSACTION", "7"),
+            publish_url=publish_url_from_env(retailer),
+            publish_keep=number_from_env(PUBLISH_KEEP_SETTING, str(DEFAULT_KEEP)),
             # DuckDB caches the blocks it writes up to its memory limit (80% of RAM by default), so a long
             # backfill's memory would grow with the table; past this limit it evicts or spills to disk.
             connection_config={"memory_limit": duckdb_setting_from_env(

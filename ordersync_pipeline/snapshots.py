@@ -196,7 +196,8 @@ def publish(conn: duckdb.DuckDBPyConnection, published: str, storage_version: st
                 conn.execute(f"COPY FROM DATABASE {sql_identifier(_catalog(conn))} TO snapshot")
             finally:
                 conn.execute("DETACH snapshot")
-        published_at = dt.datetime.now(dt.timezone.utc)
+        # To the second: the same moment names the version uploaded to object storage (object_storage.py).
+        published_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         with duckdb.connect(partial, config=storage_config(storage_version)) as snapshot:
             snapshot.execute("DROP TABLE IF EXISTS published_snapshot")
             snapshot.execute(SNAPSHOT_INFO_SQL, {"published_at": published_at, "run_id": run_id, "as_of": as_of,

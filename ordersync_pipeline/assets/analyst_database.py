@@ -2,8 +2,12 @@
 
 The pipeline's runs write a private working file; analysts open `ORDERSYNC_DUCKDB_PATH`, which this asset
 replaces with a complete copy after every run whose blocking checks passed. Sessions open on the old copy
-keep answering from it; new sessions see the new one. No one waits on anyone's lock.
+keep answering from it; new sessions see the new one. No one waits on anyone's lock. With
+ORDERSYNC_PUBLISH_URL set, the same file is then uploaded as a new version and made the URL's object
+(object_storage.py); an upload that fails fails the run and leaves the store as it was.
 """
+
+import datetime as dt
 
 import dagster as dg
 import polars as pl
@@ -13,6 +17,7 @@ from ordersync_pipeline.assets.marts import MART, built_as_of, delivery_lead_tim
 from ordersync_pipeline.assets.metadata import markdown_table
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
+from ordersync_pipeline.object_storage import UploadedSnapshot, UploadError, upload_snapshot
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
 from ordersync_pipeline.snapshots import PublishError, publish
@@ -46,6 +51,7 @@ def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWare
             f"{snapshot.readwrite_holder} had {snapshot.path} open read-write; it keeps the old snapshot, and what it "
             "writes is not kept. Analysts should open the file read-only.")
     context.log.info(f"Published {snapshot.path} ({snapshot.size_bytes / 1e6:.1f} MB) in {snapshot.seconds:.2f} s")
+    uploaded = _upload(context, warehouse, snapshot.path, snapshot.published_at) if warehouse.publish_url else None
     tables = pl.DataFrame({"table": list(snapshot.row_counts), "rows": list(snapshot.row_counts.values())})
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(snapshot.path),
@@ -56,4 +62,33 @@ def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWare
         "as_of_day": str(as_of),
         "order_lines": snapshot.row_counts.get("order_statuses", 0),
         "tables": markdown_table(tables, max_rows=50),
+        **(_upload_metadata(uploaded) if uploaded else {}),
     })
+
+
+def _upload(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse, path: str,
+            published_at: dt.datetime) -> UploadedSnapshot:
+    """The local file just published, uploaded as a version and as the URL's object; a failure fails the run
+    in one line (the local file is already the new snapshot; the store keeps its last good version)."""
+    try:
+        uploaded = upload_snapshot(path, warehouse.publish_url, published_at, keep=warehouse.publish_keep,
+                                   on_retry=context.log.warning)
+    except UploadError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    if uploaded.cleanup_error:
+        context.log.warning(f"Published, but old versions were not deleted: {uploaded.cleanup_error}")
+    context.log.info(f"Uploaded {uploaded.version_url} ({uploaded.size_bytes / 1e6:.1f} MB) and made it "
+                     f"{uploaded.url} in {uploaded.seconds:.2f} s; {len(uploaded.versions_kept)} versions kept, "
+                     f"{len(uploaded.versions_deleted)} deleted")
+    return uploaded
+
+
+def _upload_metadata(uploaded: UploadedSnapshot) -> dict:
+    return {
+        "published_url": uploaded.url,
+        "version_url": uploaded.version_url,
+        "uploaded_size_mb": round(uploaded.size_bytes / 1e6, 2),
+        "uploaded_at": dg.MetadataValue.timestamp(uploaded.uploaded_at),
+        "upload_seconds": round(uploaded.seconds, 3),
+        "versions_kept": len(uploaded.versions_kept),
+    }
