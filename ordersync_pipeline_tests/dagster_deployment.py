@@ -9,7 +9,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import httpx
+
+from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL
 
 LOCATION = "ordersync_pipeline.definitions"
 
@@ -176,3 +179,47 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
         _stop(daemon)
         _stop(webserver)
         deployment.http.close()
+
+
+# Proving the DuckDB pool: steps of runs, in time, from the instance's event log.
+
+def max_overlap(runs: list[dict]) -> int:
+    events = sorted([(r["startTime"], 1) for r in runs] + [(r["endTime"], -1) for r in runs])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    return peak
+
+
+def duckdb_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float, str, str]]:
+    """(start, end, run, step) of every step of the runs; each of their steps opens the DuckDB file."""
+    intervals = []
+    for run_id in run_ids:
+        started = {}
+        for event in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                         dg.DagsterEventType.STEP_FAILURE}):
+            if event.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+                started[event.step_key] = event.timestamp
+            else:
+                intervals.append((started.pop(event.step_key), event.timestamp, run_id, event.step_key))
+    return sorted(intervals)
+
+
+def overlapping_steps(steps: list[tuple[float, float, str, str]]) -> list[tuple]:
+    """Pairs of DuckDB steps of different runs that ran at the same time (steps sorted by start)."""
+    overlaps = []
+    latest_end: tuple[float, float, str, str] | None = None
+    for step in steps:
+        if latest_end is not None and step[0] < latest_end[1] and step[2] != latest_end[2]:
+            overlaps.append((latest_end, step))
+        if latest_end is None or step[1] > latest_end[1]:
+            latest_end = step
+    return overlaps
+
+
+def pool_blocked_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
+    """Steps Dagster held back because the pool was full (its engine event, as the UI shows it)."""
+    return [f"{run_id}:{event.step_key}" for run_id in run_ids
+            for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+            if event.user_message == f"Step blocked by limit for pool {DUCKDB_WRITERS_POOL}"]

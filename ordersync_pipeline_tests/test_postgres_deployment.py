@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import dagster as dg
 import psycopg2
 import pytest
 
@@ -15,7 +16,14 @@ from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
-from ordersync_pipeline_tests.dagster_deployment import free_port, running_deployment
+from ordersync_pipeline_tests.dagster_deployment import (
+    duckdb_step_intervals,
+    free_port,
+    max_overlap,
+    overlapping_steps,
+    pool_blocked_steps,
+    running_deployment,
+)
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 pytestmark = pytest.mark.slow
@@ -87,3 +95,35 @@ def test_postgres_backed_instance_runs_a_ui_backfill(postgres, tmp_path):
     assert {r["runId"] for r in runs} <= stored_runs.keys() and set(stored_runs.values()) == {"SUCCESS"}
     assert materializations == 5  # one per partition of the range
     assert not list(home.rglob("runs.db")), "run storage must be Postgres, not SQLite under DAGSTER_HOME"
+
+
+def test_the_shipped_pool_limit_keeps_duckdb_steps_of_many_runs_apart_on_postgres(postgres, tmp_path, monkeypatch):
+    """PostgreSQL takes Dagster's row locks for real (SQLite ignores them: see test_ui_backfills), so here the
+    shipped limit must hold exactly: many runs in flight, not one overlap of their DuckDB steps."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(POSTGRES_INSTANCE_CONFIG, home / "dagster.yaml")
+    database = str(tmp_path / "ordersync.duckdb")
+    for name, value in postgres.items():
+        monkeypatch.setenv(name, value)
+    runs_launched = 8
+    with OrderSyncSimulator(SimulatedRetailer(seed=9, orders_per_day=20), clock=SimulatedClock(SIM_NOW),
+                            first_day=dt.date(2025, 11, 20)) as sim:
+        env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
+               **duckdb_env(database), "ORDERSYNC_LOOKBACK_DAYS": "1"}
+        with running_deployment(home, env) as ui:
+            for offset in range(runs_launched):
+                ui.launch_partition_run("daily_order_sync", str(dt.date(2025, 11, 20) + dt.timedelta(days=offset)),
+                                        {"test": "pool-limit"})
+            runs = ui.wait_for_runs(("test", "pool-limit"), count=runs_launched, timeout=900)
+    assert [r["status"] for r in runs] == ["SUCCESS"] * runs_launched
+    assert max_overlap(runs) > 1, "the test needs runs in flight at once"
+    instance = dg.DagsterInstance.from_config(str(home))
+    run_ids = [r["runId"] for r in runs]
+    steps = duckdb_step_intervals(instance, run_ids)
+    assert len(steps) >= runs_launched * 4
+    assert overlapping_steps(steps) == []
+    assert pool_blocked_steps(instance, run_ids), "no step was ever held back by the pool"
+    lock_waits = [e.user_message for run_id in run_ids for e in instance.all_logs(run_id)
+                  if "DuckDB file locked" in e.user_message]
+    assert lock_waits == []  # the pool, not DuckDB's lock, kept them apart

@@ -13,12 +13,17 @@ import dagster as dg
 import duckdb
 import pytest
 
-from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
-from ordersync_pipeline_tests.dagster_deployment import running_deployment
+from ordersync_pipeline_tests.dagster_deployment import (
+    duckdb_step_intervals,
+    max_overlap,
+    overlapping_steps,
+    pool_blocked_steps,
+    running_deployment,
+)
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 pytestmark = pytest.mark.slow
@@ -32,36 +37,6 @@ def ask(analyst: subprocess.Popen, command: str) -> dict:
     analyst.stdin.write(command + "\n")
     analyst.stdin.flush()
     return json.loads(analyst.stdout.readline())
-
-
-def max_overlap(runs: list[dict]) -> int:
-    events = sorted([(r["startTime"], 1) for r in runs] + [(r["endTime"], -1) for r in runs])
-    in_flight = peak = 0
-    for _, step in events:
-        in_flight += step
-        peak = max(peak, in_flight)
-    return peak
-
-
-def duckdb_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float, str, str]]:
-    """(start, end, run, step) of every step of the runs; each of their steps opens the DuckDB file."""
-    intervals = []
-    for run_id in run_ids:
-        started = {}
-        for event in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
-                                                         dg.DagsterEventType.STEP_FAILURE}):
-            if event.dagster_event.event_type == dg.DagsterEventType.STEP_START:
-                started[event.step_key] = event.timestamp
-            else:
-                intervals.append((started.pop(event.step_key), event.timestamp, run_id, event.step_key))
-    return sorted(intervals)
-
-
-def pool_blocked_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
-    """Steps Dagster held back because the pool was full (its engine event, as the UI shows it)."""
-    return [f"{run_id}:{event.step_key}" for run_id in run_ids
-            for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-            if event.user_message == f"Step blocked by limit for pool {DUCKDB_WRITERS_POOL}"]
 
 
 @pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; far longer while it is loaded
@@ -140,9 +115,13 @@ def test_ui_backfill_and_30_separate_runs_complete_without_lock_failures_while_a
         assert all(holders) and {int(h[1]) for h in holders} <= run_pids, (lock_waits, analyst.pid)
         steps = duckdb_step_intervals(instance, run_ids)
         assert len(steps) >= 30 * 4  # the four assets of each run, at least
-        overlapping = [(a, b) for a, b in zip(steps, steps[1:]) if b[0] < a[1]]
+        overlapping = overlapping_steps(steps)
         with duckdb.connect(database, read_only=True) as conn:
             assert conn.execute("SELECT count(*) FROM order_status_refreshes").fetchall()[0][0] == 30
+    # Bounded: the race below is rare (2 of 262 steps when seen); a pool limit above 1, or no pool, overlaps
+    # steps of most runs and fails here rather than passing as "expected".
+    assert len(overlapping) <= 1, f"{len(overlapping)} overlaps of DuckDB steps of different runs: {overlapping[:3]}"
+    assert len({m for m in lock_waits}) <= 3, lock_waits
     if overlapping or lock_waits:
         # Seen in 2 of 262 steps (November 2026), more often on a loaded machine: Dagster 1.13's SQL storage claims
         # a slot with SELECT ... FOR UPDATE SKIP LOCKED and an UPDATE by id alone, and SQLite ignores the row lock,
