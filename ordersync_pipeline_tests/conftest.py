@@ -64,6 +64,36 @@ def duckdb_env(database: str) -> dict[str, str]:
             "ORDERSYNC_DUCKDB_PATH": str(Path(database).parent / "analysts" / "ordersync.duckdb")}
 
 
+@pytest.fixture(scope="session")
+def observed_history(tmp_path_factory):
+    """Files as a team has them after a backfill and a week of mornings: statuses observed moving day by day,
+    a backlog over 8 days, stuck lines, transit brackets, backorders, sloppy status spellings.
+    Returns (working file, published file, the last daily run's result)."""
+    from ordersync_pipeline.definitions import build_definitions
+
+    folder = tmp_path_factory.mktemp("history")
+    working = str(folder / "ordersync.duckdb")
+    published = duckdb_env(working)["ORDERSYNC_DUCKDB_PATH"]
+    first_day = HISTORY_FIRST_DAY
+    retailer = SimulatedRetailer(seed=5, orders_per_day=40, messy_every=10)
+    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=first_day - dt.timedelta(days=20)) as sim:
+        defs = build_definitions({"ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=sim.base_url),
+                                  "warehouse": OrderSyncWarehouse(database=working, analyst_database=published)})
+        job = defs.resolve_job_def("daily_order_sync")
+        day = SIM_NOW.date() - dt.timedelta(days=1)
+        assert job.execute_in_process(tags=range_tags(str(first_day), str(day))).success
+        for _ in range(HISTORY_MORNINGS):  # the backlog and the stuck clock need mornings observed on time
+            sim.clock.advance(days=1)
+            day += dt.timedelta(days=1)
+            last_run = job.execute_in_process(partition_key=str(day))
+            assert last_run.success
+    return working, published, last_run
+
+
+HISTORY_FIRST_DAY = dt.date(2025, 10, 27)
+HISTORY_MORNINGS = 7
+
+
 def range_tags(first: str, last: str) -> dict[str, str]:
     """Tags that make one in-process run cover a range of partitions (single-run backfill)."""
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
