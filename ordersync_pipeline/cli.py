@@ -1,6 +1,6 @@
 """`ordersync`: the demo, live look-ups and the standalone simulator.
 
-    ordersync demo [--days 14] [--ui]            simulator + Dagster, no key needed
+    ordersync demo [--days 14] [--ui]            simulator + Dagster (`dg dev` with --ui), no key needed
     ordersync demo --retailers 3 [--ui]          the same for several retailers (ORDERSYNC_RETAILERS)
     ordersync across-retailers                   SQL comparing every retailer's published file
     ordersync lookup po PO_NUMBER [--json]       live look-up by PO number
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--database", default=DEMO_DATABASE, help=f"DuckDB file to write (default {DEMO_DATABASE})")
     demo.add_argument("--retailers", type=int, default=0,
                       help="simulate this many retailers, one key and one DuckDB folder each (ORDERSYNC_RETAILERS)")
-    demo.add_argument("--ui", action="store_true", help="start `dagster dev` wired to the simulator instead")
+    demo.add_argument("--ui", action="store_true", help="start `dg dev` wired to the simulator instead")
     demo.add_argument("--port", type=int, default=3000, help="Dagster UI port with --ui (default 3000)")
     demo.set_defaults(run=run_demo)
 
@@ -226,10 +226,10 @@ def _run_dagster_ui(port: int) -> int:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    # `dagster dev` warns that it is superseded by `dg dev` (package dagster-dg-cli, a project layout we do not
-    # use); it is what starts webserver and daemon together in 1.13, so that one warning is silenced.
-    command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
-               "-w", str(WORKSPACE), "-h", "127.0.0.1", "-p", str(port)]
+    # `dg dev` (dagster-dg-cli) is what Dagster 1.13 recommends over the superseded `dagster dev`. Given the
+    # packaged workspace file it loads the same code location from any folder the demo runs in.
+    command = [str(Path(sys.executable).parent / "dg"), "dev", "-w", str(WORKSPACE), "-h", "127.0.0.1",
+               "-p", str(port)]
     # Ctrl-C or `kill` must reach the `finally` that stops dagster dev's process group, even when this
     # process was started in the background with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

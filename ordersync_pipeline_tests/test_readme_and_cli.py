@@ -280,7 +280,9 @@ def test_every_way_of_starting_the_ui_names_one_code_location():
         (entry,) = yaml.safe_load(path.read_text())["load_from"]
         return entry["python_module"]["module_name"], entry["python_module"]["location_name"]
 
-    dagster_settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]
+    tools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+    dagster_settings, dg_project = tools["dagster"], tools["dg"]["project"]  # `dagster dev` / `dg dev` in the root
     assert location(ROOT / "workspace.yaml") == location(WORKSPACE) == (
         dagster_settings["module_name"], dagster_settings["code_location_name"]) == (
+        dg_project["code_location_target_module"], dg_project["code_location_name"]) == (
         "ordersync_pipeline.definitions", "ordersync_pipeline")
