@@ -98,6 +98,7 @@ def retailer_asset(assets_def: dg.AssetsDefinition, retailer: str,
         group_name=retailer,
         partitions_def=partitions_def if assets_def.partitions_def else None,
         backfill_policy=assets_def.backfill_policy,
+        freshness_policy=spec.freshness_policy,
         pool=retailer_pool(assets_def.op.pool, retailer) if assets_def.op.pool else None,
         required_resource_keys=resource_keys,
     )(fn)
@@ -168,10 +169,13 @@ def publish_after_backfills_sensor(retailers: list[str], publish_jobs: dict[str,
 
 def build_retailer_definitions(assets: list[dg.AssetsDefinition], checks: list[dg.AssetChecksDefinition],
                                resources_by_retailer: dict[str, dict[str, dg.ConfigurableResource]],
-                               executor: dg.ExecutorDefinition) -> dg.Definitions:
-    """The code location for several retailers: every asset, check, job and schedule once per retailer."""
+                               executor: dg.ExecutorDefinition,
+                               shared_resources: dict[str, dg.ConfigurableResource] | None = None,
+                               sensors: list[dg.SensorDefinition] = ()) -> dg.Definitions:
+    """The code location for several retailers: every asset, check, job and schedule once per retailer;
+    `sensors` and `shared_resources` (the alerts) once for all of them."""
     retailers = list(resources_by_retailer)
-    copies, check_copies, resources, schedules = [], [], {}, []
+    copies, check_copies, resources, schedules = [], [], dict(shared_resources or {}), []
     daily_jobs, publish_jobs = {}, {}
     for retailer in retailers:
         partitions_def = retailer_partitions(retailer)
@@ -189,7 +193,7 @@ def build_retailer_definitions(assets: list[dg.AssetsDefinition], checks: list[d
         asset_checks=check_copies,
         jobs=[*daily_jobs.values(), *publish_jobs.values()],
         schedules=schedules,
-        sensors=[publish_after_backfills_sensor(retailers, publish_jobs, daily_jobs)],
+        sensors=[publish_after_backfills_sensor(retailers, publish_jobs, daily_jobs), *sensors],
         resources=resources,
         executor=executor,
     )
