@@ -151,6 +151,9 @@ def failure_message(context: dg.RunFailureSensorContext, notifier: AlertNotifier
     if failures:
         first = failures[0]
         error = first.event_specific_data.error if first.event_specific_data else None
+        # Dagster wraps the step's exception ("Error occurred while executing op ..."): report the cause.
+        while error is not None and error.cause is not None:
+            error = error.cause
         fields["step"] = first.step_key or "(run)"
         fields["error"] = redacted_first_line(error.message if error else first.message or "", notifier)
     else:
