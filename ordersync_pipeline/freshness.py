@@ -25,8 +25,6 @@ from ordersync_pipeline.resources import freshness_hours_from_env, number_from_e
 
 FRESHNESS_CHECK_NAME = "updated_within_freshness_window"
 SENSOR_NAME = "freshness_of_published_data"
-# The assets whose freshness is watched (by their last key part, so each retailer's copies are watched too).
-WATCHED = ("order_statuses", "analyst_database")
 # Alerts go out for the analysts' file only: what analysts read is what must not silently age (order_statuses
 # goes stale with it, seconds apart, and its check and policy show that in the UI).
 ALERTED = "analyst_database"
