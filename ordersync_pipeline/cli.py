@@ -1,6 +1,6 @@
 """`ordersync`: the demo, live look-ups and the standalone simulator.
 
-    ordersync demo [--days 14] [--ui]            simulator + Dagster, no key needed
+    ordersync demo [--days 14] [--mornings 6] [--ui]  simulator + Dagster (`dg dev` with --ui), no key needed
     ordersync demo --retailers 3 [--ui]          the same for several retailers (ORDERSYNC_RETAILERS)
     ordersync across-retailers                   SQL comparing every retailer's published file
     ordersync lookup po PO_NUMBER [--json]       live look-up by PO number
@@ -25,8 +25,9 @@ from pathlib import Path
 
 from ordersync_pipeline.api_errors import OrderSyncError
 from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
+from ordersync_pipeline.demo_history import history_summary, morning_figures, morning_of, play_mornings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
-from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 
 DEMO_DATABASE = "data/demo.duckdb"
 DEMO_DAGSTER_HOME = "data/dagster_home"
@@ -54,12 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the pipeline against the embedded simulator (no API key needed)")
     demo.add_argument("--days", type=int, default=14, help="how many past days to load (default 14)")
-    demo.add_argument("--orders-per-day", type=int, default=300, help="simulated orders per day (default 300)")
+    demo.add_argument("--mornings", type=int, default=6,
+                      help="of those, the last days run one simulated morning at a time (default 6), for history")
+    # 200, not 300: the demo runs seven Dagster runs within ~20 s on two cores, and the history needs mornings more
+    # than volume.
+    demo.add_argument("--orders-per-day", type=int, default=200, help="simulated orders per day (default 200)")
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (same seed, same data)")
     demo.add_argument("--database", default=DEMO_DATABASE, help=f"DuckDB file to write (default {DEMO_DATABASE})")
     demo.add_argument("--retailers", type=int, default=0,
                       help="simulate this many retailers, one key and one DuckDB folder each (ORDERSYNC_RETAILERS)")
-    demo.add_argument("--ui", action="store_true", help="start `dagster dev` wired to the simulator instead")
+    demo.add_argument("--ui", action="store_true", help="start `dg dev` wired to the simulator instead")
     demo.add_argument("--port", type=int, default=3000, help="Dagster UI port with --ui (default 3000)")
     demo.set_defaults(run=run_demo)
 
@@ -109,8 +114,8 @@ def demo_retailer_key(name: str) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.days < 1 or args.retailers < 0:
-        print("error: --days must be at least 1 and --retailers at least 0", file=sys.stderr)
+    if args.days < 1 or args.retailers < 0 or args.mornings < 0:
+        print("error: --days must be at least 1, --retailers and --mornings at least 0", file=sys.stderr)
         return 2
     today = dt.datetime.now(dt.timezone.utc).date()
     first_day, last_day = today - dt.timedelta(days=args.days), today - dt.timedelta(days=1)
@@ -120,33 +125,52 @@ def run_demo(args: argparse.Namespace) -> int:
     retailers = {demo_retailer_key(name): SimulatedRetailer(seed=args.seed + i, orders_per_day=args.orders_per_day,
                                                             id_seed=args.seed) for i, name in enumerate(names)}
     retailer = SimulatedRetailer(seed=args.seed, orders_per_day=args.orders_per_day)
+    # One retailer: the first days in one run, then the last `mornings` days one simulated morning at a time,
+    # so the history tables (backlog per day, status spells, stuck lines) hold what daily runs build.
+    mornings = min(args.mornings, args.days - 1) if not names else 0
+    loaded_last = last_day - dt.timedelta(days=mornings)
+    clock = SimulatedClock(morning_of(loaded_last))
     # History starts a month before the loaded range, so the refresh has older open lines to chase.
-    with OrderSyncSimulator(retailer, first_day=first_day - dt.timedelta(days=30), more_retailers=retailers) as sim:
+    with OrderSyncSimulator(retailer, clock=clock, first_day=first_day - dt.timedelta(days=30),
+                            more_retailers=retailers) as sim:
         database = str(Path(args.database).resolve())
         os.environ.update(
             ORDERSYNC_API_KEY=SIMULATOR_API_KEY,
             ORDERSYNC_BASE_URL=sim.base_url,
             ORDERSYNC_DUCKDB_PATH=database,
-            ORDERSYNC_START_DATE=min(first_day, dt.date(2025, 1, 1)).isoformat(),
+            # The UI's partitions start at the first loaded day, so its partition bar shows what was loaded.
+            ORDERSYNC_START_DATE=first_day.isoformat(),
         )
         if names:
             os.environ["ORDERSYNC_RETAILERS"] = ",".join(names)
             os.environ.update({f"ORDERSYNC_API_KEY_{name.upper()}": demo_retailer_key(name) for name in names})
         print(f"OrderSync simulator serving on {sim.base_url} ({args.orders_per_day} orders/day, seed {args.seed}"
               + (f"; retailers {', '.join(names)}, one key each" if names else "") + ")")
-        if args.ui:
-            return _run_dagster_ui(args.port)
+        home = _demo_dagster_home() if args.ui else None
+        if args.ui and names:  # several retailers: the UI starts empty, backfills load what you pick
+            return _run_dagster_ui(args.port, home)
         jobs = [f"daily_order_sync_{name}" for name in names] or ["daily_order_sync"]
         started = time.monotonic()
         for job in jobs:
-            print(f"Loading {first_day} .. {last_day} through Dagster ({job}, one run)")
-            if not run_daily_order_sync(first_day, last_day, job).success:
+            print(f"Loading {first_day} .. {loaded_last} through Dagster ({job}, one run)")
+            if not run_daily_order_sync(first_day, loaded_last, job, home).success:
+                print("error: the run failed; see the log above", file=sys.stderr)
+                return 1
+        if mornings:
+            print(f"\n{mornings} mornings of daily_order_sync, the simulator's clock at 06:00 UTC of each:")
+            days = [loaded_last + dt.timedelta(days=i + 1) for i in range(mornings)]
+            if not play_mornings(sim, days, lambda day: run_daily_order_sync(day, day, "daily_order_sync", home,
+                                                                             log_level="WARNING").success,
+                                 lambda: morning_figures(database)):
                 print("error: the run failed; see the log above", file=sys.stderr)
                 return 1
         elapsed = time.monotonic() - started
         print(f"\nDone in {elapsed:.1f} s, {sum(sim.requests.values())} API requests.\n")
+        if args.ui:
+            return _run_dagster_ui(args.port, home)
         if not names:
             print(demo_summary(database))
+            print("\n" + history_summary(database))
             print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}\n"
                   f"As one HTML page with charts: ordersync report --database {database}")
             return 0
@@ -185,19 +209,23 @@ def run_across_retailers(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_daily_order_sync(first_day: dt.date, last_day: dt.date, job: str = "daily_order_sync"):
-    """Run daily_order_sync (or a retailer's copy) over a range of days in one in-process run, logging at INFO."""
+def run_daily_order_sync(first_day: dt.date, last_day: dt.date, job: str = "daily_order_sync",
+                         dagster_home: Path | None = None, log_level: str = "INFO"):
+    """Run daily_order_sync (or a retailer's copy) over a range of days in one in-process run, logging at
+    `log_level`; on the instance in `dagster_home` (the UI's, so it shows these runs) or an ephemeral one."""
     from ordersync_pipeline.definitions import defs  # after the environment is set
 
     import dagster as dg
 
-    return defs.resolve_job_def(job).execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(),
-        tags={"dagster/asset_partition_range_start": first_day.isoformat(),
-              "dagster/asset_partition_range_end": last_day.isoformat()},
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        raise_on_error=False,
-    )
+    instance = dg.DagsterInstance.from_config(str(dagster_home)) if dagster_home else dg.DagsterInstance.ephemeral()
+    with instance:
+        return defs.resolve_job_def(job).execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": first_day.isoformat(),
+                  "dagster/asset_partition_range_end": last_day.isoformat()},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            raise_on_error=False,
+        )
 
 
 def demo_summary(database: str) -> str:
@@ -222,15 +250,22 @@ def demo_summary(database: str) -> str:
         return "\n\n".join(f"{title}:\n{pl.DataFrame(conn.sql(sql))}" for title, sql in sections)
 
 
-def _run_dagster_ui(port: int) -> int:
+def _demo_dagster_home() -> Path:
+    """The demo UI's instance folder, emptied of an earlier demo's runs (their days and files are gone)."""
     home = Path(DEMO_DAGSTER_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
     shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
+    return home
+
+
+def _run_dagster_ui(port: int, home: Path) -> int:
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    # `dagster dev` warns that it is superseded by `dg dev` (package dagster-dg-cli, a project layout we do not
-    # use); it is what starts webserver and daemon together in 1.13, so that one warning is silenced.
-    command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
-               "-w", str(WORKSPACE), "-h", "127.0.0.1", "-p", str(port)]
+    # `dg dev` (dagster-dg-cli) is what Dagster 1.13 recommends over the superseded `dagster dev`. Given the
+    # packaged workspace file it loads the same code location from any folder the demo runs in.
+    command = [str(Path(sys.executable).parent / "dg"), "dev", "-w", str(WORKSPACE), "-h", "127.0.0.1",
+               "-p", str(port)]
     # Ctrl-C or `kill` must reach the `finally` that stops dagster dev's process group, even when this
     # process was started in the background with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -18,7 +18,6 @@ PUBLISH_DESCRIPTION = "Check order_statuses, rebuild the marts and publish the a
 daily_order_sync = dg.define_asset_job(
     "daily_order_sync",
     selection=dg.AssetSelection.assets(*DAILY_ASSETS),
-    partitions_def=daily_partitions,
     description=DAILY_DESCRIPTION,
 )
 
@@ -31,7 +30,6 @@ daily_order_sync_schedule = dg.build_schedule_from_partitioned_job(
 publish_analyst_database = dg.define_asset_job(
     "publish_analyst_database",
     selection=dg.AssetSelection.assets(*PUBLISHED_ASSETS) | dg.AssetSelection.checks_for_assets(order_statuses),
-    partitions_def=daily_partitions,
     description=PUBLISH_DESCRIPTION,
 )
 

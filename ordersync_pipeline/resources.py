@@ -244,6 +244,11 @@ def stuck_after_days_from_env() -> int:
     return number_from_env("ORDERSYNC_STUCK_AFTER_DAYS", "5")
 
 
+def freshness_hours_from_env() -> float:
+    """ORDERSYNC_FRESHNESS_HOURS: how old the last good materialization may be (freshness.py)."""
+    return number_from_env("ORDERSYNC_FRESHNESS_HOURS", "26", float, minimum=0.001)
+
+
 def delivery_target_days_from_env() -> int:
     return number_from_env("ORDERSYNC_DELIVERY_TARGET_DAYS", "7")
 

@@ -98,6 +98,7 @@ def retailer_asset(assets_def: dg.AssetsDefinition, retailer: str,
         group_name=retailer,
         partitions_def=partitions_def if assets_def.partitions_def else None,
         backfill_policy=assets_def.backfill_policy,
+        freshness_policy=spec.freshness_policy,
         pool=retailer_pool(assets_def.op.pool, retailer) if assets_def.op.pool else None,
         required_resource_keys=resource_keys,
     )(fn)
@@ -123,17 +124,18 @@ def _keys(assets: list[dg.AssetsDefinition], retailer: str) -> list[dg.AssetKey]
     return [a.key.with_prefix(retailer) for a in assets]
 
 
-def retailer_jobs(retailer: str, partitions_def: dg.PartitionsDefinition) -> tuple[UnresolvedAssetJobDefinition, ...]:
-    """daily_order_sync_<retailer> and publish_analyst_database_<retailer>: today's jobs over the retailer's copies."""
+def retailer_jobs(retailer: str) -> tuple[UnresolvedAssetJobDefinition, ...]:
+    """daily_order_sync_<retailer> and publish_analyst_database_<retailer>: today's jobs over the retailer's copies
+    (partitioned by the retailer's days, which Dagster infers from the copies they select)."""
     tags = {RETAILER_TAG: retailer}
     daily = dg.define_asset_job(f"{daily_order_sync.name}_{retailer}",
                                 selection=dg.AssetSelection.assets(*_keys(DAILY_ASSETS, retailer)),
-                                partitions_def=partitions_def, tags=tags, description=f"{retailer}: {DAILY_DESCRIPTION}")
+                                tags=tags, description=f"{retailer}: {DAILY_DESCRIPTION}")
     publish = dg.define_asset_job(
         f"{publish_analyst_database.name}_{retailer}",
         selection=dg.AssetSelection.assets(*_keys(PUBLISHED_ASSETS, retailer))
         | dg.AssetSelection.checks_for_assets(*_keys([order_statuses], retailer)),
-        partitions_def=partitions_def, tags=tags, description=f"{retailer}: {PUBLISH_DESCRIPTION}")
+        tags=tags, description=f"{retailer}: {PUBLISH_DESCRIPTION}")
     return daily, publish
 
 
@@ -167,10 +169,13 @@ def publish_after_backfills_sensor(retailers: list[str], publish_jobs: dict[str,
 
 def build_retailer_definitions(assets: list[dg.AssetsDefinition], checks: list[dg.AssetChecksDefinition],
                                resources_by_retailer: dict[str, dict[str, dg.ConfigurableResource]],
-                               executor: dg.ExecutorDefinition) -> dg.Definitions:
-    """The code location for several retailers: every asset, check, job and schedule once per retailer."""
+                               executor: dg.ExecutorDefinition,
+                               shared_resources: dict[str, dg.ConfigurableResource] | None = None,
+                               sensors: list[dg.SensorDefinition] = ()) -> dg.Definitions:
+    """The code location for several retailers: every asset, check, job and schedule once per retailer;
+    `sensors` and `shared_resources` (the alerts) once for all of them."""
     retailers = list(resources_by_retailer)
-    copies, check_copies, resources, schedules = [], [], {}, []
+    copies, check_copies, resources, schedules = [], [], dict(shared_resources or {}), []
     daily_jobs, publish_jobs = {}, {}
     for retailer in retailers:
         partitions_def = retailer_partitions(retailer)
@@ -178,7 +183,7 @@ def build_retailer_definitions(assets: list[dg.AssetsDefinition], checks: list[d
         check_copies += [retailer_check(c, retailer) for c in checks]
         resources.update({retailer_resource_key(key, retailer): resource
                           for key, resource in resources_by_retailer[retailer].items()})
-        daily_jobs[retailer], publish_jobs[retailer] = retailer_jobs(retailer, partitions_def)
+        daily_jobs[retailer], publish_jobs[retailer] = retailer_jobs(retailer)
         # One schedule per retailer, each ticking at 06:00 UTC: one run per retailer each morning.
         schedules.append(dg.build_schedule_from_partitioned_job(
             daily_jobs[retailer], hour_of_day=6, minute_of_hour=0, default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -188,7 +193,7 @@ def build_retailer_definitions(assets: list[dg.AssetsDefinition], checks: list[d
         asset_checks=check_copies,
         jobs=[*daily_jobs.values(), *publish_jobs.values()],
         schedules=schedules,
-        sensors=[publish_after_backfills_sensor(retailers, publish_jobs, daily_jobs)],
+        sensors=[publish_after_backfills_sensor(retailers, publish_jobs, daily_jobs), *sensors],
         resources=resources,
         executor=executor,
     )

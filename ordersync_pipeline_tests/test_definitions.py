@@ -13,7 +13,14 @@ def test_assets_checks_jobs_and_schedule_are_the_public_names():
         "stuck_lines", "supplier_scorecard", "carrier_scorecard", "analyst_database"}
     assert {key.name for key in graph.asset_check_keys} == {
         "order_status_id_is_unique", "required_keys_not_null", "delivery_not_before_order",
-        "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records", "no_stuck_lines"}
+        "statuses_in_known_vocabulary", "row_count_matches_api_total", "no_rejected_records", "no_stuck_lines",
+        "updated_within_freshness_window"}
+    freshness = {key.asset_key.to_user_string() for key in graph.asset_check_keys
+                 if key.name == "updated_within_freshness_window"}
+    assert freshness == {"order_statuses", "analyst_database"}
+    for name in freshness:  # the policy the UI shows: the default window, 26 hours
+        policy = graph.get(dg.AssetKey(name)).freshness_policy
+        assert policy is not None and policy.fail_window.to_timedelta().total_seconds() == 26 * 3600
     job = defs.resolve_job_def("daily_order_sync")
     assert set(job.asset_layer.asset_graph.get_all_asset_keys()) >= graph.get_all_asset_keys()
     assert job.partitions_def == graph.get(dg.AssetKey("order_statuses")).partitions_def
@@ -22,8 +29,8 @@ def test_assets_checks_jobs_and_schedule_are_the_public_names():
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} >= {
         "order_statuses", "analyst_database"}
-    sensor = defs.resolve_sensor_def("publish_after_backfills")
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    for name in ("publish_after_backfills", "freshness_of_published_data", "alert_on_run_failure", "alert_on_recovery"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_error_checks_block_publishing_and_warnings_do_not():
@@ -45,8 +52,10 @@ def test_every_writer_is_in_the_duckdb_pool_with_a_single_run_backfill_policy():
         assets_def = defs.resolve_assets_def(key)
         assert assets_def.backfill_policy == dg.BackfillPolicy.single_run()
         assert {op.pool for op in assets_def.node_def.iterate_op_defs()} == {"ordersync_duckdb"}
-    for checks_def in defs.asset_checks:  # the checks open the file too
-        assert {op.pool for op in checks_def.node_def.iterate_op_defs()} == {"ordersync_duckdb"}
+    for checks_def in defs.asset_checks:  # the checks open the file too, except freshness (Dagster's records only)
+        (spec,) = checks_def.check_specs
+        pools = {"ordersync_duckdb"} if spec.name != "updated_within_freshness_window" else {None}
+        assert {op.pool for op in checks_def.node_def.iterate_op_defs()} == pools, spec.name
 
 
 def test_the_api_key_is_an_env_var_not_a_value():

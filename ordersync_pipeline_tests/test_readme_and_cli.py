@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -38,16 +39,19 @@ def test_readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_test_one()
 
 @pytest.fixture(scope="module")
 def demo_database(tmp_path_factory):
-    """`ordersync demo` run as a user runs it: a separate process, no key in the environment."""
-    database = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    """`ordersync demo` run as the README runs it: a separate process, no options, no key in the environment,
+    in a fresh folder (it writes data/demo.duckdb there)."""
+    folder = tmp_path_factory.mktemp("demo")
+    demo_command = readme_top_commands()[0].split("&&")[-1].split()
+    assert demo_command == ["ordersync", "demo"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERSYNC_")}
-    completed = subprocess.run(
-        [sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--days", "6", "--orders-per-day", "80",
-         "--database", str(database)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-    )
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "-m", "ordersync_pipeline.cli", *demo_command[1:]],
+                               capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+    seconds = time.monotonic() - started
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return database, completed.stdout + completed.stderr
+    print(f"ordersync demo: {seconds:.1f} s, load average {os.getloadavg()[0]:.1f}")
+    return folder / "data" / "demo.duckdb", completed.stdout + completed.stderr
 
 
 @pytest.mark.slow
@@ -55,17 +59,34 @@ def test_the_demo_loads_days_builds_marts_and_prints_a_summary(demo_database):
     database, output = demo_database
     for heading in ("Rows per day", "Statuses", "Lead time by carrier", "Open lines by age", f"DuckDB file: {database}"):
         assert heading in output
-    assert "Warning" not in output  # no BetaWarning or other framework warning
+    assert "Warning" not in output and "WARNING" not in output  # no BetaWarning, no framework or run warning
     oldest = output.split("Open lines by age")[1].split("DuckDB file")[0]
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC ", oldest) and not re.search(r":\d\d\.\d", oldest)
-    # progress: every 5 s and at the last day, covering the days since the previous line
-    assert re.search(r"\[6/6 days\] (\d{4}-\d\d-\d\d\.\.)?\d{4}-\d\d-\d\d: stored \d+ lines", output)
+    # progress of the first load: every 5 s and at the last day, covering the days since the previous line
+    assert re.search(r"\[(\d+)/\1 days\] (\d{4}-\d\d-\d\d\.\.)?\d{4}-\d\d-\d\d: stored \d+ lines", output)
     assert SIMULATOR_API_KEY not in output
     with duckdb.connect(str(database), read_only=True) as conn:
         days = conn.execute("SELECT count(DISTINCT order_day) FROM order_statuses").fetchall()[0][0]
         marts = [conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                  for t in ("delivery_lead_times", "open_orders", "open_order_summary", "delivery_lead_time_summary")]
-    assert days >= 6 and all(count > 0 for count in marts)
+    assert days >= 14 and all(count > 0 for count in marts)
+
+
+@pytest.mark.slow
+def test_the_demo_plays_mornings_so_the_published_file_has_history(demo_database):
+    database, output = demo_database
+    mornings = re.findall(r"^  (\d{4}-\d\d-\d\d) 06:00 UTC  daily_order_sync (\d{4}-\d\d-\d\d): [\d.]+ s, ", output, re.M)
+    assert len(mornings) == 6
+    for clock_day, partition in mornings:  # each morning runs the day that just ended
+        assert dt.date.fromisoformat(clock_day) - dt.date.fromisoformat(partition) == dt.timedelta(days=1)
+    for heading in ("Backlog trend", "Top stuck lines", "lines_with_2_or_more_spells"):
+        assert heading in output
+    with duckdb.connect(str(database), read_only=True) as conn:
+        backlog_days, stuck, lines_with_spells, weeks = conn.execute(
+            "SELECT (SELECT count(DISTINCT as_of_day) FROM open_order_backlog), (SELECT count(*) FROM stuck_lines), "
+            "(SELECT count(*) FROM (SELECT order_status_id FROM order_status_history GROUP BY 1 HAVING count(*) >= 2)), "
+            "(SELECT count(DISTINCT order_week) FROM supplier_scorecard)").fetchall()[0]
+    assert backlog_days >= 7 and stuck >= 1 and lines_with_spells >= 1 and weeks >= 2
 
 
 def open_lines_older_than_a_week(lines: pl.DataFrame) -> pl.DataFrame:
@@ -309,7 +330,7 @@ def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path)
     import signal
     import time
 
-    from ordersync_pipeline_tests.dagster_deployment import free_port, wait_until_serving
+    from ordersync_pipeline_tests.dagster_deployment import Deployment, free_port, wait_until_serving
 
     port = str(free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
@@ -318,8 +339,19 @@ def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path)
         demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", port],
                                 cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        wait_until_serving(f"http://127.0.0.1:{port}", demo, log)
+        wait_until_serving(f"http://127.0.0.1:{port}", demo, log, timeout=240)
         assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
+        # It opens with the demo's history: its 7 runs, and every day since the first loaded one materialized.
+        ui = Deployment(f"http://127.0.0.1:{port}", tmp_path)
+        ui.wait_until_code_loaded()
+        stats = ui.graphql("""{ assetNodes(assetKeys: [{path: ["order_statuses"]}]) {
+            partitionKeys partitionStats { numMaterialized numPartitions } } }""")["assetNodes"][0]
+        assert stats["partitionStats"] == {"numMaterialized": 14, "numPartitions": 14}
+        today = dt.datetime.now(dt.timezone.utc).date()
+        assert stats["partitionKeys"][0] == (today - dt.timedelta(days=14)).isoformat()
+        runs = ui.graphql("""{ runsOrError(filter: {pipelineName: "daily_order_sync", statuses: [SUCCESS]}) {
+            ... on Runs { results { runId } } } }""")["runsOrError"]["results"]
+        assert len(runs) == 7
         assert _processes_mentioning(port)  # dagster dev and its webserver
         demo.send_signal(signal.SIGTERM)
         demo.wait(timeout=60)
@@ -343,7 +375,9 @@ def test_every_way_of_starting_the_ui_names_one_code_location():
         (entry,) = yaml.safe_load(path.read_text())["load_from"]
         return entry["python_module"]["module_name"], entry["python_module"]["location_name"]
 
-    dagster_settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]
+    tools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+    dagster_settings, dg_project = tools["dagster"], tools["dg"]["project"]  # `dagster dev` / `dg dev` in the root
     assert location(ROOT / "workspace.yaml") == location(WORKSPACE) == (
         dagster_settings["module_name"], dagster_settings["code_location_name"]) == (
+        dg_project["code_location_target_module"], dg_project["code_location_name"]) == (
         "ordersync_pipeline.definitions", "ordersync_pipeline")

@@ -18,6 +18,7 @@ from ordersync_pipeline.assets.metadata import markdown_table
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
 from ordersync_pipeline.object_storage import UploadedSnapshot, UploadError, upload_snapshot
+from ordersync_pipeline.freshness import freshness_policy
 from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncWarehouse
 from ordersync_pipeline.snapshots import PublishError, publish
@@ -28,7 +29,8 @@ MARTS = [delivery_lead_times, open_orders, open_order_backlog, stuck_lines, supp
 
 # order_statuses is a direct dependency too, so its blocking checks stop publishing even in a run that
 # selected the checks without the asset (publish_analyst_database).
-@dg.asset(deps=[order_statuses, *MARTS], **{**MART, "group_name": "analysts"})
+@dg.asset(deps=[order_statuses, *MARTS], **{**MART, "group_name": "analysts"},
+          freshness_policy=freshness_policy())  # ORDERSYNC_FRESHNESS_HOURS (freshness.py)
 def analyst_database(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
     """The DuckDB file analysts open (ORDERSYNC_DUCKDB_PATH): a complete, checkpointed copy of the working
     file, swapped in with one atomic rename after every run whose blocking checks passed. Its table

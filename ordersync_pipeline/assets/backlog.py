@@ -150,7 +150,7 @@ def open_order_backlog(context: dg.AssetExecutionContext, warehouse: OrderSyncWa
             rebuild(conn, [(OPEN_ORDER_BACKLOG_TABLE_SQL, {})], BACKLOG_COMMENTS)
         not_written = [day for day in days if day != on_time]
         if not_written:
-            context.log.warning(
+            context.log.info(
                 f"open_order_backlog: kept {_span(not_written)} as it was (rows or none): the latest observation "
                 f"({observed_at}) is not from the day after, so today's statuses would misstate it")
         metadata = {**table_metadata(conn, "open_order_backlog"), **_backlog_headline(conn)}

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
+from ordersync_pipeline.freshness import freshness_policy
 from ordersync_pipeline.partitions import daily_partitions, partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.sync import store_days
@@ -32,6 +33,7 @@ PROGRESS_LOG_SECONDS = 5.0
     # A range of days runs as one run (CLI --partition-range, UI backfills): one process start, not one per day.
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=DUCKDB_WRITERS_POOL,
+    freshness_policy=freshness_policy(),  # ORDERSYNC_FRESHNESS_HOURS; shown on the asset's page (freshness.py)
     kinds={"duckdb", "polars"},
     group_name="ordersync",
     # Declared once, not in each materialization: a range run writes one event per partition, each carrying
