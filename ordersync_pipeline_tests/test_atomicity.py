@@ -117,12 +117,15 @@ def test_a_file_released_during_the_wait_is_then_written(database):
     try:
         started = time.monotonic()
         with OrderSyncWarehouse(database=database, lock_timeout_seconds=30).connect() as conn:
+            connected_at = time.time()
             waited = time.monotonic() - started
             conn.execute("CREATE TABLE written_after_the_wait AS SELECT 1 AS x")
-        assert holder.stdout.readline().strip() == "closed"
+        said, closed_at = holder.stdout.readline().split()
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    assert 1.0 <= waited < 15, f"connected after {waited:.1f} s; the holder closed the file after 1.5 s"
+    # It waited for the holder (an event, not a duration: a loaded machine stretches both sides), then wrote.
+    assert said == "closed" and connected_at >= float(closed_at), "connected while the holder still had the file"
+    assert waited < 15, f"connected {waited:.1f} s after the holder closed the file"
     with duckdb.connect(database, read_only=True) as conn:
         assert conn.execute("SELECT x FROM written_after_the_wait").fetchall() == [(1,)]

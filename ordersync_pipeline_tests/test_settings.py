@@ -43,21 +43,27 @@ def test_concurrent_pages_and_days_in_flight_set_how_many_requests_are_in_flight
         slow_api, env_for, pages, days, expected_in_flight):
     env_for(slow_api, ORDERSYNC_MAX_CONCURRENT_PAGES=pages, ORDERSYNC_DAYS_IN_FLIGHT=days)
     assert dg.materialize([order_statuses], resources=resources_from_env(), tags=range_tags(str(FIRST), str(LAST))).success
-    assert slow_api.peak_in_flight == expected_in_flight
+    # Never more than the settings allow; and with more allowed, requests did overlap. (Exactly the limit is
+    # likely but not certain on a loaded machine: the threads' requests need not all be in flight at once.)
+    assert slow_api.peak_in_flight <= expected_in_flight
+    assert slow_api.peak_in_flight >= min(expected_in_flight, 2)
 
 
 def test_the_request_rate_caps_all_threads_of_a_run_together(slow_api, env_for):
-    rate = 25
+    rate = 10
     env_for(slow_api, ORDERSYNC_REQUESTS_PER_SECOND=str(rate), ORDERSYNC_MAX_CONCURRENT_PAGES="4",
             ORDERSYNC_DAYS_IN_FLIGHT="3")
     assert dg.materialize([order_statuses], resources=resources_from_env(), tags=range_tags(str(FIRST), str(LAST))).success
     arrivals = sorted(slow_api.arrivals)
     assert len(arrivals) >= 12 and slow_api.peak_in_flight >= 2  # several threads were fetching at once
-    # Any 10 consecutive requests span at least 9 intervals of the budget (less a little scheduling jitter);
-    # a budget per thread would let 4-12 threads send them in a fraction of that.
-    window = 10
+    # The run's requests span at least their number of budget intervals, and any 6 consecutive ones at least 5,
+    # less a margin for a loaded machine delaying when the server notes an arrival (0.3 s and 0.2 s); a budget
+    # per thread would let the 4-12 threads send them in a third of that or less.
+    whole = arrivals[-1] - arrivals[0]
+    assert whole >= (len(arrivals) - 1) / rate - 0.3, f"{len(arrivals)} requests within {whole:.3f} s at {rate}/s"
+    window = 6
     spans = [arrivals[i + window - 1] - arrivals[i] for i in range(len(arrivals) - window + 1)]
-    assert min(spans) >= (window - 1) / rate - 0.05, f"10 requests within {min(spans):.3f} s at {rate}/s"
+    assert min(spans) >= (window - 1) / rate - 0.2, f"{window} requests within {min(spans):.3f} s at {rate}/s"
 
 
 @pytest.mark.parametrize("per_transaction, days_kept", [("2", 2), ("7", 0)])
