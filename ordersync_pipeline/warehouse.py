@@ -265,10 +265,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> set[d
     days = [load.day for load in loads]
     if len(set(days)) != len(days):
         raise ValueError(f"replace_days got the same day twice: {days}")
-    fetched = pl.concat([_observations_with_rows(load) for load in loads])
-    # Read while the API moved a line between two of these days: the later observation says where it is.
-    latest = fetched.sort("observed_at").unique("order_status_id", keep="last")
-    superseded_days = set(fetched.join(latest, on=["order_status_id", "order_day"], how="anti")["order_day"])
+    latest, superseded_days = _one_row_per_line(pl.concat([_observations_with_rows(load) for load in loads]))
     rows = ArrowStream(latest.select(list(ORDER_STATUS_SCHEMA)))
     observed = ArrowStream(latest.select("order_status_id", "order_day", "status", "observed_at"))
     day_observed = ArrowStream(pl.DataFrame({"order_day": days, "observed_at": [
@@ -316,6 +313,18 @@ def _observations_with_rows(load: DayLoad) -> pl.DataFrame:
     """A load's rows with when they were observed (the API's clock; the fetch time if it sent none)."""
     when = load.observed_at or load.fetched_at
     return load.rows.select(list(ORDER_STATUS_SCHEMA)).with_columns(pl.lit(when).cast(UTC).alias("observed_at"))
+
+
+def _one_row_per_line(fetched: pl.DataFrame) -> tuple[pl.DataFrame, set[dt.date]]:
+    """`fetched` with one row per line, in its order (rows stored in day order keep DuckDB's zone maps on
+    order_day tight), and the days that lost a line: read while the API moved it between two of these days,
+    the later observation says where it is."""
+    if fetched["order_status_id"].n_unique() == fetched.height:  # the usual case, checked cheaply
+        return fetched, set()
+    numbered = fetched.with_row_index("_row")
+    kept = numbered.sort("observed_at", "_row").unique("order_status_id", keep="last").select("_row")
+    superseded = set(numbered.join(kept, on="_row", how="anti")["order_day"])
+    return numbered.join(kept, on="_row", how="semi").sort("_row").drop("_row"), superseded
 
 
 def _take_moved_lines(conn: duckdb.DuckDBPyConnection, rows: ArrowStream) -> set[dt.date]:

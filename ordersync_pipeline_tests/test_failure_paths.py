@@ -128,3 +128,16 @@ def test_stuck_lines_count_whole_days_to_the_latest_observation(conn):
     observed = dt.datetime(2025, 12, 18, 6, 0, tzinfo=dt.timezone.utc)
     assert stuck(conn, observed) == [("L0", 8)]
     assert stuck(conn, observed, after_days=3) == [("L0", 8), ("L5", 3)]
+
+
+def test_a_line_read_under_two_days_of_one_batch_is_stored_once_under_the_later_read(conn):
+    """The API moved the line between the reads of its old and its new day: the later read says where it is,
+    and the day that lost it is re-read (its stored lines no longer add up to the total it was read with)."""
+    other = DAY + dt.timedelta(days=1)
+    moved = {**line(1), "order_date": f"{other}T09:00:00+00:00"}
+    loads = [day_load([line(0), line(1)], at(1), day=DAY), day_load([line(9, day=other), moved], at(2), day=other)]
+    assert replace_days(conn, loads) == {DAY}
+    assert conn.execute("SELECT order_status_id, order_day FROM order_statuses ORDER BY 1").fetchall() == [
+        ("L0", DAY), ("L1", other), ("L9", other)]
+    assert conn.execute("SELECT order_day FROM order_status_history WHERE order_status_id = 'L1' AND is_latest"
+                        ).fetchall() == [(other,)]
