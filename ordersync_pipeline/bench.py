@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = [pipeline_run(base_url, first, last, Path(workdir) / f"p{i}.duckdb") for i in range(args.repeat)]
         pipeline = median_run(runs, rss=max(run.rss for run in runs))
         rows.append(("pipeline (one Dagster run, whole process)", pipeline))
+        floors = [pipeline_run(base_url, first, last, Path(workdir) / f"floor{i}.duckdb", module=FLOOR_MODULE)
+                  for i in range(args.repeat)]
+        floor = median_run(floors, rss=max(run.rss for run in floors))
+        rows.append(("Dagster's floor (no-op asset, same run shape)", floor))
         if args.compare_with:
             before = [pipeline_run(base_url, first, last, Path(workdir) / f"b{i}.duckdb", args.compare_with)
                       for i in range(args.repeat)]
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label} took {other.wall / pipeline.wall:.2f}x the pipeline's time")
         if "fixed" not in args.skip:
             print(f"pipeline minus the one-day fixed cost: {(pipeline.wall - fixed.wall) / limit.wall:.2f}x the raw limit")
+        own_wall, own_cpu = pipeline.wall - floor.wall, pipeline.cpu - floor.cpu
+        print(f"own work = pipeline - Dagster's floor: {own_wall:.2f} s wall = {own_wall / limit.wall:.2f}x the raw limit; "
+              f"own CPU {own_cpu / lines * 1e6:.1f} us per line ({lines:,} lines; load average "
+              f"{os.getloadavg()[0]:.2f} at the end)")
 
         if args.rss_days:
             print(f"\n{'pipeline over':<20} {'lines':>10} {'wall s':>8} {'x raw limit/line':>17} {'CPU us/line':>12} "
@@ -238,8 +246,13 @@ def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> Run
     return Run(time.monotonic() - started, _cpu_seconds() - cpu, None, sum(counts))
 
 
-def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, checkout: str | None = None) -> Run:
-    """The README's range command as its own process (from `checkout` if given): wall, CPU, peak RSS, lines."""
+FLOOR_MODULE = "ordersync_pipeline.bench_floor"
+
+
+def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, checkout: str | None = None,
+                 module: str = "ordersync_pipeline.definitions") -> Run:
+    """The README's range command as its own process (from `checkout` if given): wall, CPU, peak RSS, lines.
+    With module=FLOOR_MODULE: the same command over a no-op asset (bench_floor.py), Dagster's floor."""
     env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": base_url,
            "ORDERSYNC_DUCKDB_PATH": str(database), "ORDERSYNC_START_DATE": str(min(first, dt.date(2025, 1, 1)))}
     env.pop("DAGSTER_HOME", None)
@@ -257,13 +270,15 @@ def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, c
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "ordersync_pipeline.definitions",
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", module,
              "--select", "order_statuses", "--partition-range", f"{first}...{last}"],
             env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # rusage of this process alone: its CPU and peak RSS
         wall = time.monotonic() - started
     if status != 0:
         raise SystemExit(f"pipeline run failed:\n{log.read_text()[-3000:]}")
+    if module == FLOOR_MODULE:
+        return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0)
     with duckdb.connect(default_working_path(str(database)), read_only=True) as conn:
         lines = conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, lines)
