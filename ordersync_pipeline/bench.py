@@ -424,7 +424,8 @@ def publish_benchmark(working: str, repeat: int) -> None:
     with tempfile.TemporaryDirectory() as folder, duckdb.connect(working) as conn:
         lines = conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0]
         published = str(Path(folder) / "ordersync.duckdb")
-        snapshots = [publish(conn, published, DEFAULT_STORAGE_VERSION) for _ in range(repeat)]
+        snapshots = [publish(conn, published, DEFAULT_STORAGE_VERSION, run_id="bench", as_of=dt.date.today())
+                     for _ in range(repeat)]
         seconds = statistics.median(snapshot.seconds for snapshot in snapshots)
         size = snapshots[-1].size_bytes / 1e6
         print(f"publish {lines:,} lines ({size:,.0f} MB published, working file {os.path.getsize(working) / 1e6:,.0f} "
