@@ -61,28 +61,9 @@ CREATE TABLE IF NOT EXISTS order_status_loads (
     extra_field_names VARCHAR[],
     fetched_at TIMESTAMPTZ NOT NULL
 );
-CREATE TABLE IF NOT EXISTS vanished_lines (
-    order_id VARCHAR,
-    order_status_id VARCHAR NOT NULL,
-    supplier_order_id VARCHAR,
-    order_date TIMESTAMPTZ NOT NULL,
-    po_number VARCHAR,
-    item VARCHAR,
-    customer VARCHAR,
-    supplier VARCHAR,
-    status VARCHAR,
-    customer_email VARCHAR,
-    tracking_number VARCHAR,
-    tracking_url VARCHAR,
-    carrier VARCHAR,
-    delivery_date TIMESTAMPTZ,
-    delivery_utc_offset VARCHAR,
-    order_day DATE NOT NULL,
-    fetched_at TIMESTAMPTZ NOT NULL,
-    extra_fields VARCHAR,
-    last_seen_at TIMESTAMPTZ,
-    vanished_at TIMESTAMPTZ NOT NULL
-);
+-- The columns of order_statuses, as they were when last seen, and when the line went missing.
+CREATE TABLE IF NOT EXISTS vanished_lines AS
+SELECT *, NULL::TIMESTAMPTZ AS last_seen_at, NULL::TIMESTAMPTZ AS vanished_at FROM order_statuses LIMIT 0;
 CREATE TABLE IF NOT EXISTS order_status_history (
     order_status_id VARCHAR NOT NULL,
     order_day DATE,

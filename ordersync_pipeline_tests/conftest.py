@@ -4,9 +4,11 @@ import datetime as dt
 import warnings
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.warehouse import ensure_schema
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 
@@ -36,6 +38,15 @@ def simulator():
     retailer = SimulatedRetailer(seed=11, orders_per_day=60)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
         yield sim
+
+
+@pytest.fixture
+def conn(tmp_path):
+    """A working file with the raw tables and nothing in them."""
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_schema(connection)
+    yield connection
+    connection.close()
 
 
 @pytest.fixture

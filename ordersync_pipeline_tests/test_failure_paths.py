@@ -15,8 +15,8 @@ from ordersync_pipeline.assets.backlog import STUCK_LINES_SQL
 from ordersync_pipeline.definitions import build_many_retailers_definitions
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.snapshots import WarehouseFileError
-from ordersync_pipeline.warehouse import ensure_schema, replace_days
-from ordersync_pipeline_tests.test_warehouse import DAY, at, day_load, line
+from ordersync_pipeline.warehouse import replace_days
+from ordersync_pipeline_tests.lines import DAY, at, day_load, line
 
 
 def test_a_corrupt_working_file_is_reported_at_once_as_corruption(tmp_path):
@@ -93,14 +93,6 @@ def test_retailer_names_that_are_sql_keywords_or_start_with_a_digit_work_everywh
 def history(conn, order_status_id: str) -> list[tuple]:
     return conn.execute("SELECT status, first_seen_at, last_seen_at, is_latest FROM order_status_history "
                         "WHERE order_status_id = ? ORDER BY first_seen_at", [order_status_id]).fetchall()
-
-
-@pytest.fixture
-def conn(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
-    ensure_schema(connection)
-    yield connection
-    connection.close()
 
 
 def test_a_new_spelling_of_the_same_status_is_no_new_spell(conn):
