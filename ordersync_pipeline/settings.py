@@ -108,7 +108,7 @@ class Settings:
             raise ValueError(f"ORDERSYNC_PII_MODE=hash needs {PII_HASH_KEY_SETTING}: a secret of at least 16 "
                              "characters (e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`), kept "
                              "like the API key")
-        analyst = retailer_path(env.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH, retailer)
+        analyst = analyst_path_from_env(retailer, env)
         working_setting = env.get(WORKING_PATH_SETTING)
         working = retailer_path(working_setting, retailer) if working_setting else default_working_path(analyst)
         refuse_same_file(analyst, working)
@@ -119,7 +119,7 @@ class Settings:
             retailers=tuple(retailers_from_env(env)),
             start_date=read.date("ORDERSYNC_START_DATE", DEFAULT_START_DATE),
             api_key_variable=api_key_setting(retailer),
-            base_url=env.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL),
+            base_url=base_url_from_env(env),
             max_concurrent_pages=read.number("ORDERSYNC_MAX_CONCURRENT_PAGES", "4"),
             days_in_flight=read.number("ORDERSYNC_DAYS_IN_FLIGHT", "4"),
             requests_per_second=(read.number("ORDERSYNC_REQUESTS_PER_SECOND", "", float, minimum=0.001)
@@ -231,6 +231,18 @@ def size_in_bytes(size: str) -> int:
     if not match or match[2] not in _SIZE_UNITS:
         raise ValueError(f"unexpected DuckDB memory size {size!r}")
     return int(float(match[1]) * _SIZE_UNITS[match[2]])
+
+
+# Single settings, for commands that need one and must not fail on the others (cli.py's lookup and report).
+
+def base_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    return (os.environ if environ is None else environ).get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL)
+
+
+def analyst_path_from_env(retailer: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The analysts' file: ORDERSYNC_DUCKDB_PATH (default data/ordersync.duckdb), in the retailer's folder."""
+    env = os.environ if environ is None else environ
+    return retailer_path(env.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH, retailer)
 
 
 def retailers_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
