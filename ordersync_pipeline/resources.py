@@ -230,4 +230,5 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
 def resources_from_env(retailer: str | None = None) -> dict[str, dg.ConfigurableResource]:
     """resources_from_settings(Settings.from_env(retailer=retailer)): every setting checked now, as the
     definitions load. With `retailer`, its key variable, files and publish URL (settings.py)."""
+    refuse_non_posix()  # first: reading the settings builds paths, which fail oddly on other systems
     return resources_from_settings(Settings.from_env(retailer=retailer))
