@@ -7,7 +7,7 @@ the SQL that a session runs first (`duckdb -init all_retailers.sql`), defining T
 as the tables, over every retailer. Read-only ATTACHes never block publishing (it replaces files by rename).
 """
 
-from ordersync_pipeline.resources import resources_from_env, retailers_from_env
+from ordersync_pipeline.settings import Settings, retailers_from_env
 from ordersync_pipeline.warehouse import sql_identifier, sql_string
 
 # The tables analysts compare most; any other table of the published files can be added.
@@ -34,4 +34,4 @@ def published_files_from_env() -> dict[str, str]:
     if not retailers:
         raise ValueError("ORDERSYNC_RETAILERS is not set: there is one retailer, nothing to compare. Set it to the "
                          "retailer names the pipeline runs for (e.g. acme,globex).")
-    return {retailer: resources_from_env(retailer)["warehouse"].analyst_database for retailer in retailers}
+    return {retailer: Settings.from_env(retailer=retailer).analyst_database for retailer in retailers}

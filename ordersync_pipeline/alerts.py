@@ -13,7 +13,6 @@ receiver showed the message — a receiver that refuses it only leaves a warning
 """
 
 import json
-import os
 import smtplib
 import ssl
 import urllib.request
@@ -23,12 +22,14 @@ import dagster as dg
 from pydantic import Field
 
 from ordersync_pipeline.api_errors import REDACTED, redact_key
-from ordersync_pipeline.resources import choice_from_env, number_from_env
+from ordersync_pipeline.settings import (
+    DEFAULT_UI_URL,
+    AlertSettings,
+    Settings,
+    api_key_variables,
+)
 
-RETAILER_TAG = "ordersync/retailer"  # as retailers.py tags each retailer's runs
-WEBHOOK_SETTING = "ORDERSYNC_ALERT_WEBHOOK_URL"
-PASSWORD_SETTING = "ORDERSYNC_ALERT_SMTP_PASSWORD"
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
+RETAILER_TAG = "ordersync/retailer"  # as retailer_scope.py tags each retailer's runs
 
 
 class AlertNotifier(dg.ConfigurableResource):
@@ -88,35 +89,32 @@ class AlertNotifier(dg.ConfigurableResource):
         return text
 
 
-def alerts_from_env() -> AlertNotifier:
-    """The notifier as the settings say; a half-configured SMTP fails here, naming the missing variable."""
-    env = os.environ
-    host = env.get("ORDERSYNC_ALERT_SMTP_HOST") or None
-    if host:
-        for name in ("ORDERSYNC_ALERT_SMTP_FROM", "ORDERSYNC_ALERT_SMTP_TO"):
-            if not env.get(name):
-                raise ValueError(f"{name} must be set when ORDERSYNC_ALERT_SMTP_HOST is ({host!r})")
+def alerts_from_settings(settings: AlertSettings) -> AlertNotifier:
+    """The notifier as the settings say (settings.py checks them; a half-configured SMTP fails there)."""
     return AlertNotifier(
-        webhook_url=dg.EnvVar(WEBHOOK_SETTING) if env.get(WEBHOOK_SETTING) else None,
-        smtp_host=host,
-        smtp_port=number_from_env("ORDERSYNC_ALERT_SMTP_PORT", "587"),
-        smtp_user=env.get("ORDERSYNC_ALERT_SMTP_USER") or None,
-        smtp_password=dg.EnvVar(PASSWORD_SETTING) if env.get(PASSWORD_SETTING) else None,
-        smtp_from=env.get("ORDERSYNC_ALERT_SMTP_FROM") or None,
-        smtp_to=env.get("ORDERSYNC_ALERT_SMTP_TO") or None,
-        smtp_starttls=choice_from_env("ORDERSYNC_ALERT_SMTP_STARTTLS", "true", ("true", "false")) == "true",
-        ui_url=env.get("ORDERSYNC_UI_URL") or DEFAULT_UI_URL,
+        webhook_url=dg.EnvVar(settings.webhook_url_variable) if settings.webhook_url_variable else None,
+        smtp_host=settings.smtp_host,
+        smtp_port=settings.smtp_port,
+        smtp_user=settings.smtp_user,
+        smtp_password=dg.EnvVar(settings.smtp_password_variable) if settings.smtp_password_variable else None,
+        smtp_from=settings.smtp_from,
+        smtp_to=settings.smtp_to,
+        smtp_starttls=settings.smtp_starttls,
+        ui_url=settings.ui_url,
     )
 
 
+def alerts_from_env() -> AlertNotifier:
+    return alerts_from_settings(Settings.from_env().alerts)
+
+
 def alert_sensor_seconds() -> int:
-    return number_from_env("ORDERSYNC_ALERT_SENSOR_SECONDS", "30")
+    return Settings.from_env().alerts.sensor_seconds
 
 
 def _api_keys() -> list[str]:
     """Every OrderSync key of this deployment, to redact from error text (read through EnvVar)."""
-    names = [name for name in os.environ if name == "ORDERSYNC_API_KEY" or name.startswith("ORDERSYNC_API_KEY_")]
-    return [value for value in (dg.EnvVar(name).get_value() for name in names) if value]
+    return [value for value in (dg.EnvVar(name).get_value() for name in api_key_variables()) if value]
 
 
 def redacted_first_line(text: str, notifier: AlertNotifier) -> str:

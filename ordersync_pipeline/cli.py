@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ordersync_pipeline.api_errors import OrderSyncError
-from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
+from ordersync_pipeline.client import OrderSyncClient
 from ordersync_pipeline.demo_history import history_summary, morning_figures, morning_of, play_mornings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
@@ -308,12 +308,13 @@ def run_lookup(args: argparse.Namespace) -> int:
             with OrderSyncClient(SIMULATOR_API_KEY, sim.base_url) as client:
                 records = _lookup(client, args.kind, args.value)
     else:
-        api_key = os.environ.get("ORDERSYNC_API_KEY", "")
+        from ordersync_pipeline.settings import API_KEY_SETTING, base_url_from_env, secret_value
+        api_key = secret_value(API_KEY_SETTING)
         if not api_key:
             print("error: ORDERSYNC_API_KEY is not set. Export the retailer's OrderSync key, or add --simulator "
                   "to look up in the embedded simulator.", file=sys.stderr)
             return 2
-        with OrderSyncClient(api_key, os.environ.get("ORDERSYNC_BASE_URL", DEFAULT_BASE_URL)) as client:
+        with OrderSyncClient(api_key, base_url_from_env()) as client:
             records = _lookup(client, args.kind, args.value)
     if args.json:
         print(json.dumps(records, indent=2, ensure_ascii=False))
@@ -340,9 +341,10 @@ def format_records_table(records: list) -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     from ordersync_pipeline.report import ReportError, write_report
-    from ordersync_pipeline.resources import ANALYST_PATH_SETTING, DEFAULT_DUCKDB_PATH  # imports Dagster
+    # One setting, not Settings.from_env(): the report reads a published file and must not fail on others.
+    from ordersync_pipeline.settings import analyst_path_from_env
 
-    database = args.database or os.environ.get(ANALYST_PATH_SETTING) or DEFAULT_DUCKDB_PATH
+    database = args.database or analyst_path_from_env()
     try:
         output = write_report(database, args.output)
     except ReportError as exc:

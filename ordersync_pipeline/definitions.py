@@ -1,25 +1,30 @@
-"""`defs`: the assets, checks, jobs, schedule, sensors and resources of ordersync-pipeline — wiring only."""
+"""`defs`: the assets, checks, jobs, schedule, sensors and resources of ordersync-pipeline — wiring only.
+
+One retailer (ORDERSYNC_API_KEY) or several (ORDERSYNC_RETAILERS): both built by retailers.build_retailer.
+"""
 
 import dagster as dg
 
 from ordersync_pipeline.alerts import alerts_from_env, build_alert_sensors
-from ordersync_pipeline.assets.analyst_database import analyst_database
 from ordersync_pipeline.assets.backlog import backlog_checks
-from ordersync_pipeline.assets.order_statuses import order_status_checks, order_statuses
+from ordersync_pipeline.assets.order_statuses import order_status_checks
 from ordersync_pipeline.freshness import freshness_checks, freshness_sensor
-from ordersync_pipeline.jobs import (
-    DAILY_ASSETS,
-    daily_order_sync,
-    daily_order_sync_schedule,
-    publish_after_backfills,
-    publish_analyst_database,
-)
-from ordersync_pipeline.resources import resources_from_env, retailers_from_env
-from ordersync_pipeline.retailers import build_retailer_definitions
+from ordersync_pipeline.jobs import DAILY_ASSET_NAMES
+from ordersync_pipeline.assets.analyst_database import analyst_database
+from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
+from ordersync_pipeline.assets.marts import delivery_lead_times, open_orders
+from ordersync_pipeline.assets.order_statuses import order_statuses
+from ordersync_pipeline.assets.refresh import order_status_refresh
+from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
+from ordersync_pipeline.resources import resources_from_env
+from ordersync_pipeline.retailers import FRESHNESS_WATCHED, RetailerDefinitions, build_code_location, build_retailer
+from ordersync_pipeline.settings import retailers_from_env
 
-ASSETS = DAILY_ASSETS  # the daily job materializes every asset of the code location
-FRESHNESS_WATCHED = [order_statuses, analyst_database]
-CHECKS = [*order_status_checks, *backlog_checks, *freshness_checks(FRESHNESS_WATCHED)]
+# The single retailer's module-level assets and checks (tests and the benchmark materialize them directly).
+ASSETS = [order_statuses, order_status_refresh, delivery_lead_times, open_orders, open_order_backlog, stuck_lines,
+          supplier_scorecard, carrier_scorecard, analyst_database]
+assert [a.key.path[-1] for a in ASSETS] == list(DAILY_ASSET_NAMES)  # the daily job materializes every asset
+CHECKS = [*order_status_checks, *backlog_checks, *freshness_checks([dg.AssetKey(n) for n in FRESHNESS_WATCHED])]
 # Steps of a run share one DuckDB file, which takes one writing process at a time: run them in the
 # run's own process, one after another (also the cheapest executor to start, per the stack notes).
 EXECUTOR = dg.in_process_executor
@@ -30,24 +35,21 @@ def monitoring(watched: list[dg.AssetKey]) -> list[dg.SensorDefinition]:
     return [freshness_sensor(watched), *build_alert_sensors()]
 
 
+def _code_location(retailers: list[RetailerDefinitions]) -> dg.Definitions:
+    watched = [key for r in retailers for key in r.freshness_watched]
+    return build_code_location(retailers, EXECUTOR, shared_resources={"alerts": alerts_from_env()},
+                               sensors=monitoring(watched))
+
+
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
-    """The code location with the given resources (tests and the benchmark bind their own)."""
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=CHECKS,
-        jobs=[daily_order_sync, publish_analyst_database],
-        schedules=[daily_order_sync_schedule],
-        sensors=[publish_after_backfills, *monitoring([a.key for a in FRESHNESS_WATCHED])],
-        resources={"alerts": alerts_from_env(), **resources},
-        executor=EXECUTOR,
-    )
+    """The code location of one retailer with the given resources (tests and the benchmark bind their own);
+    a resource key other than ordersync/warehouse (e.g. alerts) is bound as given."""
+    return _code_location([build_retailer(None, resources)])
 
 
 def build_many_retailers_definitions(resources_by_retailer: dict[str, dict[str, dg.ConfigurableResource]]) -> dg.Definitions:
     """The code location for several retailers, each with its resources (see retailers.py)."""
-    watched = [a.key.with_prefix(r) for r in resources_by_retailer for a in FRESHNESS_WATCHED]
-    return build_retailer_definitions(ASSETS, CHECKS, resources_by_retailer, EXECUTOR,
-                                      shared_resources={"alerts": alerts_from_env()}, sensors=monitoring(watched))
+    return _code_location([build_retailer(r, resources) for r, resources in resources_by_retailer.items()])
 
 
 def definitions_from_env() -> dg.Definitions:

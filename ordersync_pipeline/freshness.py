@@ -21,7 +21,7 @@ import time
 import dagster as dg
 
 from ordersync_pipeline.alerts import AlertNotifier, notify_stale
-from ordersync_pipeline.resources import freshness_hours_from_env, number_from_env
+from ordersync_pipeline.settings import Settings
 
 FRESHNESS_CHECK_NAME = "updated_within_freshness_window"
 SENSOR_NAME = "freshness_of_published_data"
@@ -32,7 +32,7 @@ _POLICY_MINIMUM = dt.timedelta(minutes=1)  # Dagster's own floor for a time-wind
 
 
 def freshness_window() -> dt.timedelta:
-    return dt.timedelta(hours=freshness_hours_from_env())
+    return dt.timedelta(hours=Settings.from_env().freshness_hours)
 
 
 def freshness_policy() -> dg.FreshnessPolicy:
@@ -60,24 +60,23 @@ def evaluate(instance: dg.DagsterInstance, asset_key: dg.AssetKey, window: dt.ti
     return passed, description, metadata
 
 
-def freshness_checks(assets: list[dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
-    """`updated_within_freshness_window` on each of `assets` (the window is read when the definitions load)."""
+def freshness_checks(asset_keys: list[dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
+    """`updated_within_freshness_window` on each of `asset_keys` (the window is read when the definitions load).
+    It reads Dagster's records only, so it needs no resource and runs in no pool."""
     window = freshness_window()
 
-    def build(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-        @dg.asset_check(asset=asset, name=FRESHNESS_CHECK_NAME,
+    def build(asset_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+        @dg.asset_check(asset=asset_key, name=FRESHNESS_CHECK_NAME,
                         description=f"the last materialization is at most ORDERSYNC_FRESHNESS_HOURS "
                                     f"({window.total_seconds() / 3600:g} h) old")
         def updated_within_freshness_window(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-            # The key from the context, not the closure: retailers.py copies this check onto each retailer's asset.
-            (spec,) = context.check_specs
-            passed, description, metadata = evaluate(context.instance, spec.asset_key, window)
+            passed, description, metadata = evaluate(context.instance, asset_key, window)
             return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, description=description,
                                        metadata=metadata)
 
         return updated_within_freshness_window
 
-    return [build(asset) for asset in assets]
+    return [build(key) for key in asset_keys]
 
 
 def freshness_sensor(asset_keys: list[dg.AssetKey]) -> dg.SensorDefinition:
@@ -86,7 +85,7 @@ def freshness_sensor(asset_keys: list[dg.AssetKey]) -> dg.SensorDefinition:
     materialization.
     Its interval is ORDERSYNC_FRESHNESS_SENSOR_SECONDS (default 300)."""
     window = freshness_window()
-    interval = number_from_env("ORDERSYNC_FRESHNESS_SENSOR_SECONDS", "300")
+    interval = Settings.from_env().freshness_sensor_seconds
 
     @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=interval, default_status=dg.DefaultSensorStatus.RUNNING,
                description="Fails the freshness check of order_statuses and analyst_database when their last "

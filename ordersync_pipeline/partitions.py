@@ -1,15 +1,17 @@
-"""The daily partitions every asset shares: one UTC day of order_date each."""
+"""The daily partitions every asset shares: one UTC day of order_date each, from ORDERSYNC_START_DATE.
+
+Read when this module is imported (Dagster needs the definition as the assets are declared); a retailer's
+own copy of the same days is made in retailer_scope.py.
+"""
 
 
 import datetime as dt
 
 import dagster as dg
 
-from ordersync_pipeline.resources import date_from_env
+from ordersync_pipeline.settings import Settings
 
-DEFAULT_START_DATE = "2025-01-01"
-
-daily_partitions = dg.DailyPartitionsDefinition(start_date=date_from_env("ORDERSYNC_START_DATE", DEFAULT_START_DATE),
+daily_partitions = dg.DailyPartitionsDefinition(start_date=Settings.from_env().start_date,
                                                 timezone="UTC")
 
 

@@ -20,7 +20,7 @@ from ordersync_pipeline import charts
 from ordersync_pipeline.assets.backlog import backlog_by_day, backlog_chart, longest_stuck
 from ordersync_pipeline.assets.marts import lead_times_by_carrier
 from ordersync_pipeline.assets.scorecards import recent_supplier_figures, worst_suppliers
-from ordersync_pipeline.resources import delivery_target_days_from_env
+from ordersync_pipeline.settings import Settings
 
 # Tables the page reads; a file without them is not (a current) analysts' file.
 REQUIRED_TABLES = ("published_snapshot", "order_statuses", "delivery_lead_times", "open_orders",
@@ -97,7 +97,7 @@ def render_report(database: Path, source: str | None = None) -> str:
     with _open(database) as conn:
         snapshot = pl.DataFrame(conn.sql("SELECT * FROM published_snapshot")).row(0, named=True)
         target = conn.execute("SELECT any_value(delivery_target_days) FROM supplier_scorecard").fetchall()[0][0]
-        target = target or delivery_target_days_from_env()
+        target = target or Settings.from_env().delivery_target_days
         headlines = [(h, _format(conn.execute(h.sql).fetchall()[0][0])) for h in HEADLINES]
         figures = [
             ("Lead time by carrier", "How long delivered lines took from order to delivery, with the median (p50) "

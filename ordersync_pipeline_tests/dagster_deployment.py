@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
-from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL
+from ordersync_pipeline.retailer_scope import DUCKDB_WRITERS_POOL
 
 LOCATION = "ordersync_pipeline.definitions"
 

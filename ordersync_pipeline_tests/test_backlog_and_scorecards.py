@@ -13,12 +13,8 @@ import pytest
 
 from ordersync_pipeline.assets.backlog import StuckLinesConfig
 from ordersync_pipeline.definitions import build_definitions
-from ordersync_pipeline.resources import (
-    OrderSyncResource,
-    OrderSyncWarehouse,
-    delivery_target_days_from_env,
-    stuck_after_days_from_env,
-)
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_NOW, duckdb_env, range_tags
@@ -226,12 +222,12 @@ def test_every_new_table_is_commented_and_its_readme_query_answers_on_the_scenar
 
 
 def test_thresholds_come_from_the_environment_and_a_bad_value_names_the_variable(monkeypatch):
-    assert stuck_after_days_from_env() == 5 and delivery_target_days_from_env() == 7
+    assert Settings.from_env().stuck_after_days == 5 and Settings.from_env().delivery_target_days == 7
     monkeypatch.setenv("ORDERSYNC_STUCK_AFTER_DAYS", "3")
     assert StuckLinesConfig().stuck_after_days == 3
     monkeypatch.setenv("ORDERSYNC_DELIVERY_TARGET_DAYS", "a week")
     with pytest.raises(ValueError, match="ORDERSYNC_DELIVERY_TARGET_DAYS must be a whole number >= 1, got 'a week'"):
-        delivery_target_days_from_env()
+        Settings.from_env().delivery_target_days
     monkeypatch.setenv("ORDERSYNC_STUCK_AFTER_DAYS", "0")
     with pytest.raises(ValueError, match="ORDERSYNC_STUCK_AFTER_DAYS must be a whole number >= 1, got '0'"):
-        stuck_after_days_from_env()
+        Settings.from_env().stuck_after_days

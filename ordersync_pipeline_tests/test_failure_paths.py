@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline import resources as resources_module
+from ordersync_pipeline import settings as settings_module
 from ordersync_pipeline.across_retailers import across_retailers_sql
 from ordersync_pipeline.assets.backlog import STUCK_LINES_SQL
 from ordersync_pipeline.definitions import build_many_retailers_definitions
@@ -71,7 +72,7 @@ def test_a_system_without_posix_file_semantics_is_refused_at_load(monkeypatch):
 def test_retailer_names_that_are_sql_keywords_or_start_with_a_digit_work_everywhere(monkeypatch, tmp_path):
     names = ("order", "1acme")
     monkeypatch.setenv("ORDERSYNC_RETAILERS", ",".join(names))
-    assert resources_module.retailers_from_env() == list(names)
+    assert settings_module.retailers_from_env() == list(names)
     defs = build_many_retailers_definitions({r: {
         "ordersync": OrderSyncResource(api_key="k", base_url="http://127.0.0.1:1"),
         "warehouse": OrderSyncWarehouse(database=str(tmp_path / r / "w.duckdb"),

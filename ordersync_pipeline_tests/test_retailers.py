@@ -14,7 +14,8 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from ordersync_pipeline.across_retailers import across_retailers_sql
 from ordersync_pipeline.definitions import ASSETS, CHECKS, build_many_retailers_definitions, definitions_from_env
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env, retailers_from_env
+from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.settings import retailers_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags

@@ -123,6 +123,18 @@ def test_the_start_date_sets_the_first_partition(tmp_path):
     assert completed.stdout.strip() == "2025-10-01"
 
 
+def test_the_store_memory_limit_is_a_setting_never_above_the_duckdb_limit():
+    from ordersync_pipeline.settings import Settings
+
+    assert Settings.from_env({}).store_memory_limit == "32MB"
+    assert Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "64MB"}).store_memory_limit == "64MB"
+    assert Settings.from_env({"ORDERSYNC_DUCKDB_MEMORY_LIMIT": "16MB"}).store_memory_limit == "16MB"
+    with pytest.raises(ValueError, match="ORDERSYNC_STORE_MEMORY_LIMIT must not be above ORDERSYNC_DUCKDB_MEMORY_LIMIT"):
+        Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "1GB"})
+    with pytest.raises(ValueError, match="ORDERSYNC_STORE_MEMORY_LIMIT must be a memory size"):
+        Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "lots"})
+
+
 BAD_SETTINGS = [
     ("ORDERSYNC_MAX_CONCURRENT_PAGES", "0"),
     ("ORDERSYNC_DAYS_IN_FLIGHT", "four"),

@@ -14,12 +14,12 @@ import polars as pl
 from pydantic import Field
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import MART, built_as_of, rebuild, utc_day
+from ordersync_pipeline.assets.marts import MART, RAW_DEPS, built_as_of, rebuild, utc_day
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
-from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.resources import OrderSyncWarehouse, stuck_after_days_from_env
+from ordersync_pipeline.resources import OrderSyncWarehouse
+from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.sync import open_lines_sql
 from ordersync_pipeline.vocabulary import (
     AGE_BUCKET_COMMENT,
@@ -76,7 +76,7 @@ BACKLOG_COMMENTS = {
 
 class StuckLinesConfig(dg.Config):
     stuck_after_days: int = Field(
-        default_factory=stuck_after_days_from_env,
+        default_factory=lambda: Settings.from_env().stuck_after_days,
         description="Days an open line must have been observed in one status to be stuck "
                     "(default ORDERSYNC_STUCK_AFTER_DAYS or 5).",
         ge=1,
@@ -133,35 +133,42 @@ def day_observed_on_time(observed_at: dt.datetime | None) -> dt.date | None:
     return observed_at.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def open_order_backlog(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
-    """Table `open_order_backlog`: open lines and orders by supplier × status × age bucket for each day,
-    kept from day to day, so `GROUP BY as_of_day` is the backlog trend."""
-    days = partition_days(context)
-    with warehouse.connect() as conn:
-        observed_at = latest_observation(conn)
-        on_time = day_observed_on_time(observed_at)
-        if on_time in days:
-            rebuild(conn, [(OPEN_ORDER_BACKLOG_TABLE_SQL, {}),
-                           ("DELETE FROM open_order_backlog WHERE as_of_day = $as_of", {"as_of": on_time}),
-                           (OPEN_ORDER_BACKLOG_DAY_SQL, {"as_of": on_time, "observed_at": observed_at})],
-                    BACKLOG_COMMENTS)
-        else:
-            rebuild(conn, [(OPEN_ORDER_BACKLOG_TABLE_SQL, {})], BACKLOG_COMMENTS)
-        not_written = [day for day in days if day != on_time]
-        if not_written:
-            context.log.info(
-                f"open_order_backlog: kept {_span(not_written)} as it was (rows or none): the latest observation "
-                f"({observed_at}) is not from the day after, so today's statuses would misstate it")
-        metadata = {**table_metadata(conn, "open_order_backlog"), **_backlog_headline(conn)}
-        chart = backlog_chart(backlog_by_day(conn))
-    return dg.MaterializeResult(metadata={
-        **metadata,
-        "backlog_chart": image(chart, "Open lines by day, stacked by age"),
-        "day_written": str(on_time) if on_time in days else "none",
-        "days_kept": len(not_written),
-        "observed_at": str(observed_at),
-    })
+def build_open_order_backlog(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("open_order_backlog", deps=RAW_DEPS, **MART)
+    def open_order_backlog(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Table `open_order_backlog`: open lines and orders by supplier × status × age bucket for each day,
+        kept from day to day, so `GROUP BY as_of_day` is the backlog trend."""
+        warehouse = scope.warehouse(context)
+        days = partition_days(context)
+        with warehouse.connect() as conn:
+            observed_at = latest_observation(conn)
+            on_time = day_observed_on_time(observed_at)
+            if on_time in days:
+                rebuild(conn, [(OPEN_ORDER_BACKLOG_TABLE_SQL, {}),
+                               ("DELETE FROM open_order_backlog WHERE as_of_day = $as_of", {"as_of": on_time}),
+                               (OPEN_ORDER_BACKLOG_DAY_SQL, {"as_of": on_time, "observed_at": observed_at})],
+                        BACKLOG_COMMENTS)
+            else:
+                rebuild(conn, [(OPEN_ORDER_BACKLOG_TABLE_SQL, {})], BACKLOG_COMMENTS)
+            not_written = [day for day in days if day != on_time]
+            if not_written:
+                context.log.info(
+                    f"open_order_backlog: kept {_span(not_written)} as it was (rows or none): the latest observation "
+                    f"({observed_at}) is not from the day after, so today's statuses would misstate it")
+            metadata = {**table_metadata(conn, "open_order_backlog"), **_backlog_headline(conn)}
+            chart = backlog_chart(backlog_by_day(conn))
+        return dg.MaterializeResult(metadata={
+            **metadata,
+            "backlog_chart": image(chart, "Open lines by day, stacked by age"),
+            "day_written": str(on_time) if on_time in days else "none",
+            "days_kept": len(not_written),
+            "observed_at": str(observed_at),
+        })
+
+    return open_order_backlog
+
+
+open_order_backlog = build_open_order_backlog(SINGLE_RETAILER)
 
 
 def backlog_by_day(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -205,34 +212,39 @@ def _backlog_headline(conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
     return headline | {"by_supplier": markdown_table(by_supplier), "last_14_days": markdown_table(trend)}
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def stuck_lines(
-    context: dg.AssetExecutionContext, config: StuckLinesConfig, warehouse: OrderSyncWarehouse
-) -> dg.MaterializeResult:
-    """Table `stuck_lines`: open lines observed in one status for at least `stuck_after_days`, with when
-    the status was first seen: the list an operations person works through."""
-    as_of = partition_days(context)[-1]
-    with warehouse.connect() as conn:
-        built = built_as_of(conn, "stuck_lines")
-        if built is not None and built > as_of:
-            # As for open_orders: an older partition run late must not replace a newer list.
-            context.log.warning(f"stuck_lines is already built as of {built}; kept it rather than going back to {as_of}")
-            as_of = built
-        else:
-            rebuild(conn, [(STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": config.stuck_after_days,
-                                              "observed_at": latest_observation(conn)})],
-                    stuck_lines_comments(config.stuck_after_days))
-        by_supplier = pl.DataFrame(conn.sql(
-            "SELECT supplier, status, count(*) AS lines, max(days_in_status) AS longest_days FROM stuck_lines "
-            "GROUP BY ALL ORDER BY lines DESC"))
-        metadata = table_metadata(conn, "stuck_lines")
-    return dg.MaterializeResult(metadata={
-        **metadata,
-        "as_of_day": str(as_of),
-        "stuck_after_days": config.stuck_after_days,
-        "stuck_lines": int(by_supplier["lines"].sum() or 0),
-        "by_supplier_and_status": markdown_table(by_supplier),
-    })
+def build_stuck_lines(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("stuck_lines", deps=RAW_DEPS, **MART)
+    def stuck_lines(context: dg.AssetExecutionContext, config: StuckLinesConfig) -> dg.MaterializeResult:
+        """Table `stuck_lines`: open lines observed in one status for at least `stuck_after_days`, with when
+        the status was first seen: the list an operations person works through."""
+        warehouse = scope.warehouse(context)
+        as_of = partition_days(context)[-1]
+        with warehouse.connect() as conn:
+            built = built_as_of(conn, "stuck_lines")
+            if built is not None and built > as_of:
+                # As for open_orders: an older partition run late must not replace a newer list.
+                context.log.warning(f"stuck_lines is already built as of {built}; kept it rather than going back to {as_of}")
+                as_of = built
+            else:
+                rebuild(conn, [(STUCK_LINES_SQL, {"as_of": as_of, "stuck_after_days": config.stuck_after_days,
+                                                  "observed_at": latest_observation(conn)})],
+                        stuck_lines_comments(config.stuck_after_days))
+            by_supplier = pl.DataFrame(conn.sql(
+                "SELECT supplier, status, count(*) AS lines, max(days_in_status) AS longest_days FROM stuck_lines "
+                "GROUP BY ALL ORDER BY lines DESC"))
+            metadata = table_metadata(conn, "stuck_lines")
+        return dg.MaterializeResult(metadata={
+            **metadata,
+            "as_of_day": str(as_of),
+            "stuck_after_days": config.stuck_after_days,
+            "stuck_lines": int(by_supplier["lines"].sum() or 0),
+            "by_supplier_and_status": markdown_table(by_supplier),
+        })
+
+    return stuck_lines
+
+
+stuck_lines = build_stuck_lines(SINGLE_RETAILER)
 
 
 def longest_stuck(conn: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
@@ -242,8 +254,8 @@ def longest_stuck(conn: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
         "ORDER BY days_in_status DESC, status_since, order_status_id LIMIT $limit", params={"limit": limit}))
 
 
-@dg.asset_check(asset=stuck_lines, pool=DUCKDB_WRITERS_POOL, description="open lines stuck in one status (warns, worst first)")
-def no_stuck_lines(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+def stuck_lines_check(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
+    """no_stuck_lines: open lines stuck in one status (warns, worst first)."""
     with warehouse.connect() as conn:
         count = conn.execute("SELECT count(*) FROM stuck_lines").fetchall()[0][0]
         worst = longest_stuck(conn, limit=10)
@@ -255,4 +267,12 @@ def no_stuck_lines(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     )
 
 
-backlog_checks = [no_stuck_lines]
+def build_backlog_checks(scope: RetailerScope) -> list[dg.AssetChecksDefinition]:
+    @scope.asset_check("stuck_lines", name="no_stuck_lines", description="open lines stuck in one status (warns, worst first)")
+    def no_stuck_lines(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return stuck_lines_check(scope.warehouse(context))
+
+    return [no_stuck_lines]
+
+
+backlog_checks = build_backlog_checks(SINGLE_RETAILER)

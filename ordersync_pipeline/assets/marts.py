@@ -10,10 +10,8 @@ import polars as pl
 
 from ordersync_pipeline import charts
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL, order_statuses
-from ordersync_pipeline.assets.refresh import order_status_refresh
-from ordersync_pipeline.partitions import daily_partitions, partition_days
-from ordersync_pipeline.resources import OrderSyncWarehouse
+from ordersync_pipeline.partitions import partition_days
+from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.sync import open_lines_sql
 from ordersync_pipeline.vocabulary import (
     AGE_BUCKET_COMMENT,
@@ -24,13 +22,10 @@ from ordersync_pipeline.vocabulary import (
 )
 from ordersync_pipeline.warehouse import apply_comments, transaction
 
-MART = dict(
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=DUCKDB_WRITERS_POOL,
-    kinds={"duckdb"},
-    group_name="marts",
-)
+# What every mart shares besides what RetailerScope.asset gives every asset (partitions, pool, single-run
+# backfills): rebuilt from the raw tables, in the group "marts".
+MART = dict(kinds={"duckdb"}, group_name="marts")
+RAW_DEPS = ("order_statuses", "order_status_refresh")
 
 
 def seconds_between(later: str, earlier: str) -> str:
@@ -138,31 +133,38 @@ def lead_times_by_carrier(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return pl.DataFrame(conn.sql("SELECT carrier, lead_time_days FROM delivery_lead_times"))
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def delivery_lead_times(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
-    """Tables `delivery_lead_times` (one row per delivered line) and `delivery_lead_time_summary`
-    (count, mean, p50, p90, p95, max by supplier, carrier and week of order)."""
-    with warehouse.connect() as conn:
-        rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
-        by_carrier = lead_times_by_carrier(conn)
-        by_supplier = pl.DataFrame(conn.sql("""
-            SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
-                   round(quantile_cont(lead_time_days, 0.9), 2) AS p90_days
-            FROM delivery_lead_times GROUP BY 1 ORDER BY 1
-        """))
-        metadata = table_metadata(conn, "delivery_lead_times")
-    lead_times = by_carrier["lead_time_days"]
-    headline = {}
-    if lead_times.len():
-        headline = {"mean_days": round(float(lead_times.mean()), 2),
-                    "p50_days": round(float(lead_times.quantile(0.5, "linear")), 2),
-                    "p90_days": round(float(lead_times.quantile(0.9, "linear")), 2)}
-    return dg.MaterializeResult(metadata={
-        **metadata, **headline,
-        "lead_time_distribution": image(charts.lead_time_distribution(by_carrier),
-                                        "Lead time by carrier, with p50 and p90"),
-        "by_supplier": markdown_table(by_supplier),
-    })
+def build_delivery_lead_times(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("delivery_lead_times", deps=RAW_DEPS, **MART)
+    def delivery_lead_times(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Tables `delivery_lead_times` (one row per delivered line) and `delivery_lead_time_summary`
+        (count, mean, p50, p90, p95, max by supplier, carrier and week of order)."""
+        warehouse = scope.warehouse(context)
+        with warehouse.connect() as conn:
+            rebuild(conn, [(DELIVERY_LEAD_TIMES_SQL, {}), (DELIVERY_LEAD_TIME_SUMMARY_SQL, {})], LEAD_TIME_COMMENTS)
+            by_carrier = lead_times_by_carrier(conn)
+            by_supplier = pl.DataFrame(conn.sql("""
+                SELECT supplier, count(*) AS deliveries, round(avg(lead_time_days), 2) AS mean_days,
+                       round(quantile_cont(lead_time_days, 0.9), 2) AS p90_days
+                FROM delivery_lead_times GROUP BY 1 ORDER BY 1
+            """))
+            metadata = table_metadata(conn, "delivery_lead_times")
+        lead_times = by_carrier["lead_time_days"]
+        headline = {}
+        if lead_times.len():
+            headline = {"mean_days": round(float(lead_times.mean()), 2),
+                        "p50_days": round(float(lead_times.quantile(0.5, "linear")), 2),
+                        "p90_days": round(float(lead_times.quantile(0.9, "linear")), 2)}
+        return dg.MaterializeResult(metadata={
+            **metadata, **headline,
+            "lead_time_distribution": image(charts.lead_time_distribution(by_carrier),
+                                            "Lead time by carrier, with p50 and p90"),
+            "by_supplier": markdown_table(by_supplier),
+        })
+
+    return delivery_lead_times
+
+
+delivery_lead_times = build_delivery_lead_times(SINGLE_RETAILER)
 
 
 def built_as_of(conn: duckdb.DuckDBPyConnection, table: str):
@@ -171,26 +173,33 @@ def built_as_of(conn: duckdb.DuckDBPyConnection, table: str):
     return conn.execute(f"SELECT max(as_of_day) FROM {table}").fetchall()[0][0] if exists else None
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def open_orders(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
-    """Tables `open_orders` (one row per line not delivered and not cancelled, with its age in days as of
-    the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
-    as_of = partition_days(context)[-1]
-    with warehouse.connect() as conn:
-        built_as_of_day = built_as_of(conn, "open_orders")
-        if built_as_of_day is not None and built_as_of_day > as_of:
-            # Runs can finish out of order (catch-up, backfills): an older partition must not replace a newer table.
-            context.log.warning(f"open_orders is already built as of {built_as_of_day}; kept it rather than going "
-                                f"back to {as_of}")
-            as_of = built_as_of_day
-        else:
-            rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
-        summary = pl.DataFrame(conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary"))
-        older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
-        metadata = table_metadata(conn, "open_orders")
-    return dg.MaterializeResult(metadata={
-        **metadata,
-        "as_of_day": str(as_of),
-        "open_lines_older_than_7_days": int(older_than_week),
-        "summary": markdown_table(summary, max_rows=40),
-    })
+def build_open_orders(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("open_orders", deps=RAW_DEPS, **MART)
+    def open_orders(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Tables `open_orders` (one row per line not delivered and not cancelled, with its age in days as of
+        the partition day) and `open_order_summary` (by supplier × status × age bucket)."""
+        warehouse = scope.warehouse(context)
+        as_of = partition_days(context)[-1]
+        with warehouse.connect() as conn:
+            built_as_of_day = built_as_of(conn, "open_orders")
+            if built_as_of_day is not None and built_as_of_day > as_of:
+                # Runs can finish out of order (catch-up, backfills): an older partition must not replace a newer table.
+                context.log.warning(f"open_orders is already built as of {built_as_of_day}; kept it rather than going "
+                                    f"back to {as_of}")
+                as_of = built_as_of_day
+            else:
+                rebuild(conn, [(OPEN_ORDERS_SQL, {"as_of": as_of}), (OPEN_ORDER_SUMMARY_SQL, {})], OPEN_ORDER_COMMENTS)
+            summary = pl.DataFrame(conn.sql("SELECT * EXCLUDE (as_of_day) FROM open_order_summary"))
+            older_than_week = conn.execute("SELECT count(*) FROM open_orders WHERE age_days > 7").fetchall()[0][0]
+            metadata = table_metadata(conn, "open_orders")
+        return dg.MaterializeResult(metadata={
+            **metadata,
+            "as_of_day": str(as_of),
+            "open_lines_older_than_7_days": int(older_than_week),
+            "summary": markdown_table(summary, max_rows=40),
+        })
+
+    return open_orders
+
+
+open_orders = build_open_orders(SINGLE_RETAILER)

@@ -9,40 +9,27 @@ import polars as pl
 
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
 from ordersync_pipeline.freshness import freshness_policy
-from ordersync_pipeline.partitions import daily_partitions, partition_days
+from ordersync_pipeline.partitions import partition_days
 from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.sync import store_days
 from ordersync_pipeline.vocabulary import is_known_sql
 from ordersync_pipeline.warehouse import DayLoad
 
-# Every asset and check that opens the DuckDB file runs in this pool; its limit of 1 (dagster.yaml) keeps them
-# serial, because DuckDB allows one writing process at a time.
-DUCKDB_WRITERS_POOL = "ordersync_duckdb"
-
-# DuckDB keeps the blocks it writes cached up to its memory limit, so a backfill's memory grew with the table
-# it wrote (534 MB at 365 days, 567 MB at 730). Storing days needs only the days at hand and their recent
-# history, so this asset's connection runs under this limit (or the configured one, if lower). So do its
-# checks, which read the whole table in the same process: the uniqueness check's GROUP BY over 730 days took
-# 173 MB at DuckDB's default limit, 38 MB under this one (it spills; 1.0 s instead of 0.7 s).
-STORE_MEMORY_LIMIT = "32MB"
+# DUCKDB_WRITERS_POOL (retailer_scope.py): every asset and check that opens the DuckDB file runs in it; its
+# limit of 1 (dagster.yaml) keeps them serial, because DuckDB allows one writing process at a time.
+#
+# The connection that stores days runs under the warehouse's store_memory_limit (ORDERSYNC_STORE_MEMORY_LIMIT,
+# 32MB by default, never above ORDERSYNC_DUCKDB_MEMORY_LIMIT; settings.py): DuckDB keeps the blocks it writes
+# cached up to its memory limit, so a backfill's memory grew with the table it wrote (534 MB at 365 days,
+# 567 MB at 730). Storing days needs only the days at hand and their recent history. So do its checks, which
+# read the whole table in the same process: the uniqueness check's GROUP BY over 730 days took 173 MB at
+# DuckDB's default limit, 38 MB under 32MB (it spills; 1.0 s instead of 0.7 s).
 PROGRESS_LOG_SECONDS = 5.0
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    # A range of days runs as one run (CLI --partition-range, UI backfills): one process start, not one per day.
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=DUCKDB_WRITERS_POOL,
-    freshness_policy=freshness_policy(),  # ORDERSYNC_FRESHNESS_HOURS; shown on the asset's page (freshness.py)
-    kinds={"duckdb", "polars"},
-    group_name="ordersync",
-    # Declared once, not in each materialization: a range run writes one event per partition, each carrying
-    # the run's metadata, and the schema was over half of it (8.8 -> 3.9 kB an event; 1.8 MB for a year).
-    metadata={"dagster/column_schema": raw_table_column_schema("order_statuses")},
-)
-def order_statuses(
-    context: dg.AssetExecutionContext, ordersync: OrderSyncResource, warehouse: OrderSyncWarehouse
-) -> dg.MaterializeResult:
+def store_partition_days(context: dg.AssetExecutionContext, ordersync: OrderSyncResource, warehouse: OrderSyncWarehouse
+                         ) -> dg.MaterializeResult:
     """Each partition's UTC day fetched from the by-date endpoint (every page) and stored in DuckDB table
     `order_statuses`, replacing exactly that day atomically. Bad records go to
     `order_status_rejects`; each day's API total and counts go to `order_status_loads`."""
@@ -51,7 +38,7 @@ def order_statuses(
     progress = _Progress(context, len(days))
     # One connection for the whole range: reconnecting per day cost more than storing a day. Fetching runs
     # ahead in threads meanwhile; a few whole days go in each transaction, so each day is all old or all new.
-    with ordersync.client() as client, warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
+    with ordersync.client() as client, warehouse.connect(memory_limit_at_most=warehouse.store_memory_limit) as conn:
         stored = store_days(client, conn, days, days_in_flight=ordersync.days_in_flight,
                             days_per_transaction=warehouse.days_per_transaction, pii_mode=warehouse.pii_mode,
                             pii_hash_key=warehouse.pii_hash_key)
@@ -81,6 +68,30 @@ def order_statuses(
             "per_day": markdown_table(summary, max_rows=31),
         }
     )
+
+
+def build_order_statuses(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset(
+        "order_statuses",
+        uses_api=True,
+        group_name="ordersync",
+        kinds={"duckdb", "polars"},
+        freshness_policy=freshness_policy(),  # ORDERSYNC_FRESHNESS_HOURS; shown on the asset's page (freshness.py)
+        # Declared once, not in each materialization: a range run writes one event per partition, each carrying
+        # the run's metadata, and the schema was over half of it (8.8 -> 3.9 kB an event; 1.8 MB for a year).
+        metadata={"dagster/column_schema": raw_table_column_schema("order_statuses")},
+    )
+    def order_statuses(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Each partition's UTC day fetched from the by-date endpoint (every page) and stored in DuckDB table
+        `order_statuses`, replacing exactly that day atomically. Bad records go to
+        `order_status_rejects`; each day's API total and counts go to `order_status_loads`.
+        A range of days (CLI --partition-range, UI backfills) runs as one run: one process start, not one per day."""
+        return store_partition_days(context, scope.ordersync(context), scope.warehouse(context))
+
+    return order_statuses
+
+
+order_statuses = build_order_statuses(SINGLE_RETAILER)
 
 
 class _Progress:
@@ -124,8 +135,8 @@ def _warn_about_day(context: dg.AssetExecutionContext, load: DayLoad) -> None:
 
 
 def _connect_for_check(warehouse: OrderSyncWarehouse):
-    """A check's connection: under STORE_MEMORY_LIMIT as well, because every check reads the whole table."""
-    return warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT)
+    """A check's connection: under the store memory limit as well, because every check reads the whole table."""
+    return warehouse.connect(memory_limit_at_most=warehouse.store_memory_limit)
 
 
 def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: object) -> dg.AssetCheckResult:
@@ -134,8 +145,6 @@ def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **me
     return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
 
 
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, blocking=True,
-                description="order_status_id is unique across the table")
 def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with _connect_for_check(warehouse) as conn:
         duplicated = pl.DataFrame(conn.sql(
@@ -150,8 +159,6 @@ def order_status_id_is_unique(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
 REQUIRED_COLUMNS = ("order_status_id", "order_id", "order_date", "order_day", "status")
 
 
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, blocking=True,
-                description=f"{', '.join(REQUIRED_COLUMNS)} are never null")
 def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in REQUIRED_COLUMNS)
     with _connect_for_check(warehouse) as conn:
@@ -164,8 +171,6 @@ def required_keys_not_null(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult
 
 # A warning, not blocking: these are the API's own data errors, left out of delivery_lead_times, so the
 # marts stay right; blocking would freeze analysts on an old snapshot over a typo only OrderSync can fix.
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL,
-                description="delivery_date is never before order_date (warns; such lines are left out of lead times)")
 def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with _connect_for_check(warehouse) as conn:
         bad = pl.DataFrame(conn.sql(
@@ -177,7 +182,6 @@ def delivery_not_before_order(warehouse: OrderSyncWarehouse) -> dg.AssetCheckRes
                   examples=markdown_table(bad, max_rows=10))
 
 
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="statuses outside the known vocabulary (warns, listing them)")
 def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with _connect_for_check(warehouse) as conn:
         unknown = pl.DataFrame(conn.sql(
@@ -190,8 +194,6 @@ def statuses_in_known_vocabulary(warehouse: OrderSyncWarehouse) -> dg.AssetCheck
                   "(kept, and counted as open lines)", unknown_statuses=markdown_table(unknown))
 
 
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, blocking=True,
-                description="each loaded day accounts for the API's meta.total: lines stored + records rejected")
 def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with _connect_for_check(warehouse) as conn:
         mismatched = pl.DataFrame(conn.sql("""
@@ -206,7 +208,6 @@ def row_count_matches_api_total(warehouse: OrderSyncWarehouse) -> dg.AssetCheckR
                   days_checked=int(days), mismatched_days=markdown_table(mismatched))
 
 
-@dg.asset_check(asset=order_statuses, pool=DUCKDB_WRITERS_POOL, description="records the API sent that broke the contract (warns)")
 def no_rejected_records(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
     with _connect_for_check(warehouse) as conn:
         reasons = pl.DataFrame(conn.sql(
@@ -219,11 +220,26 @@ def no_rejected_records(warehouse: OrderSyncWarehouse) -> dg.AssetCheckResult:
                   reasons=markdown_table(reasons))
 
 
-order_status_checks = [
-    order_status_id_is_unique,
-    required_keys_not_null,
-    delivery_not_before_order,
-    statuses_in_known_vocabulary,
-    row_count_matches_api_total,
-    no_rejected_records,
+# name, whether it blocks, description: the checks on order_statuses, each a function of the warehouse above.
+ORDER_STATUS_CHECKS = [
+    (order_status_id_is_unique, True, "order_status_id is unique across the table"),
+    (required_keys_not_null, True, f"{', '.join(REQUIRED_COLUMNS)} are never null"),
+    (delivery_not_before_order, False, "delivery_date is never before order_date (warns; such lines are left out of lead times)"),
+    (statuses_in_known_vocabulary, False, "statuses outside the known vocabulary (warns, listing them)"),
+    (row_count_matches_api_total, True, "each loaded day accounts for the API's meta.total: lines stored + records rejected"),
+    (no_rejected_records, False, "records the API sent that broke the contract (warns)"),
 ]
+
+
+def build_order_status_checks(scope: RetailerScope) -> list[dg.AssetChecksDefinition]:
+    def build(check, blocking: bool, description: str) -> dg.AssetChecksDefinition:
+        @scope.asset_check("order_statuses", name=check.__name__, description=description, blocking=blocking)
+        def order_status_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            return check(scope.warehouse(context))
+
+        return order_status_check
+
+    return [build(*spec) for spec in ORDER_STATUS_CHECKS]
+
+
+order_status_checks = build_order_status_checks(SINGLE_RETAILER)

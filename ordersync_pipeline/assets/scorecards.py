@@ -11,11 +11,18 @@ import polars as pl
 from pydantic import Field
 
 from ordersync_pipeline import charts
-from ordersync_pipeline.assets.marts import IS_DELIVERED, LEAD_TIME_DAYS, MART, ORDER_WEEK, rebuild, seconds_between
+from ordersync_pipeline.assets.marts import (
+    IS_DELIVERED,
+    LEAD_TIME_DAYS,
+    MART,
+    ORDER_WEEK,
+    RAW_DEPS,
+    rebuild,
+    seconds_between,
+)
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.assets.order_statuses import order_statuses
-from ordersync_pipeline.assets.refresh import order_status_refresh
-from ordersync_pipeline.resources import OrderSyncWarehouse, delivery_target_days_from_env
+from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.vocabulary import CLOSED_STATUSES, WITH_CARRIER_STATUSES, is_open_sql, sql_list, status_key_sql
 
 _STATUS = status_key_sql("status")
@@ -46,7 +53,7 @@ _FULLY_OBSERVED = "o.first_seen_at IS NOT NULL AND make_timestamp(epoch_us(o.fir
 
 class SupplierScorecardConfig(dg.Config):
     delivery_target_days: int = Field(
-        default_factory=delivery_target_days_from_env,
+        default_factory=lambda: Settings.from_env().delivery_target_days,
         description="Lead time (order to delivery, days) a delivered line should meet "
                     "(default ORDERSYNC_DELIVERY_TARGET_DAYS or 7).",
         ge=1,
@@ -147,42 +154,54 @@ CARRIER_COMMENTS = {
 }
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def supplier_scorecard(
-    context: dg.AssetExecutionContext, config: SupplierScorecardConfig, warehouse: OrderSyncWarehouse
-) -> dg.MaterializeResult:
-    """Table `supplier_scorecard`: per supplier and week of order, lines ordered, delivered, cancelled,
-    open and ever backordered, their rates, lead-time percentiles and the share delivered within target."""
-    with warehouse.connect() as conn:
-        rebuild(conn, [(SUPPLIER_SCORECARD_SQL, {"target_days": config.delivery_target_days})], SUPPLIER_COMMENTS)
-        worst = worst_suppliers(conn)
-        metadata = table_metadata(conn, "supplier_scorecard")
-        chart = charts.supplier_scorecard(recent_supplier_figures(conn), config.delivery_target_days)
-    return dg.MaterializeResult(metadata={
-        **metadata,
-        "delivery_target_days": config.delivery_target_days,
-        "scorecard_chart": image(chart, "p90 lead time and cancellation rate per supplier, last 4 weeks"),
-        "worst_suppliers_last_4_weeks": markdown_table(worst),
-    })
+def build_supplier_scorecard(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("supplier_scorecard", deps=RAW_DEPS, **MART)
+    def supplier_scorecard(context: dg.AssetExecutionContext, config: SupplierScorecardConfig) -> dg.MaterializeResult:
+        """Table `supplier_scorecard`: per supplier and week of order, lines ordered, delivered, cancelled,
+        open and ever backordered, their rates, lead-time percentiles and the share delivered within target."""
+        warehouse = scope.warehouse(context)
+        with warehouse.connect() as conn:
+            rebuild(conn, [(SUPPLIER_SCORECARD_SQL, {"target_days": config.delivery_target_days})], SUPPLIER_COMMENTS)
+            worst = worst_suppliers(conn)
+            metadata = table_metadata(conn, "supplier_scorecard")
+            chart = charts.supplier_scorecard(recent_supplier_figures(conn), config.delivery_target_days)
+        return dg.MaterializeResult(metadata={
+            **metadata,
+            "delivery_target_days": config.delivery_target_days,
+            "scorecard_chart": image(chart, "p90 lead time and cancellation rate per supplier, last 4 weeks"),
+            "worst_suppliers_last_4_weeks": markdown_table(worst),
+        })
+
+    return supplier_scorecard
 
 
-@dg.asset(deps=[order_statuses, order_status_refresh], **MART)
-def carrier_scorecard(context: dg.AssetExecutionContext, warehouse: OrderSyncWarehouse) -> dg.MaterializeResult:
-    """Table `carrier_scorecard`: per carrier and week of order, delivered lines, lead-time percentiles
-    and the transit time bracketed between daily observations, with the bracket's width."""
-    with warehouse.connect() as conn:
-        rebuild(conn, [(CARRIER_SCORECARD_SQL, {})], CARRIER_COMMENTS)
-        carriers = _recent_weeks(conn, "carrier_scorecard", """
-            SELECT carrier, sum(lines_delivered) AS delivered, round(max(p90_lead_time_days), 1) AS worst_weekly_p90_days,
-                   sum(lines_transit_bracketed) AS bracketed,
-                   round(min(p50_transit_days_min), 1) AS best_weekly_p50_transit_min,
-                   round(max(p50_transit_days_max), 1) AS worst_weekly_p50_transit_max,
-                   round(avg(mean_bracket_width_days), 2) AS bracket_width_days
-            FROM carrier_scorecard WHERE order_week >= $since
-            GROUP BY carrier ORDER BY worst_weekly_p90_days DESC NULLS LAST
-        """)
-        metadata = table_metadata(conn, "carrier_scorecard")
-    return dg.MaterializeResult(metadata={**metadata, "carriers_last_4_weeks": markdown_table(carriers)})
+supplier_scorecard = build_supplier_scorecard(SINGLE_RETAILER)
+
+
+def build_carrier_scorecard(scope: RetailerScope) -> dg.AssetsDefinition:
+    @scope.asset("carrier_scorecard", deps=RAW_DEPS, **MART)
+    def carrier_scorecard(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Table `carrier_scorecard`: per carrier and week of order, delivered lines, lead-time percentiles
+        and the transit time bracketed between daily observations, with the bracket's width."""
+        warehouse = scope.warehouse(context)
+        with warehouse.connect() as conn:
+            rebuild(conn, [(CARRIER_SCORECARD_SQL, {})], CARRIER_COMMENTS)
+            carriers = _recent_weeks(conn, "carrier_scorecard", """
+                SELECT carrier, sum(lines_delivered) AS delivered, round(max(p90_lead_time_days), 1) AS worst_weekly_p90_days,
+                       sum(lines_transit_bracketed) AS bracketed,
+                       round(min(p50_transit_days_min), 1) AS best_weekly_p50_transit_min,
+                       round(max(p50_transit_days_max), 1) AS worst_weekly_p50_transit_max,
+                       round(avg(mean_bracket_width_days), 2) AS bracket_width_days
+                FROM carrier_scorecard WHERE order_week >= $since
+                GROUP BY carrier ORDER BY worst_weekly_p90_days DESC NULLS LAST
+            """)
+            metadata = table_metadata(conn, "carrier_scorecard")
+        return dg.MaterializeResult(metadata={**metadata, "carriers_last_4_weeks": markdown_table(carriers)})
+
+    return carrier_scorecard
+
+
+carrier_scorecard = build_carrier_scorecard(SINGLE_RETAILER)
 
 
 WORST_SUPPLIERS_SQL = """
