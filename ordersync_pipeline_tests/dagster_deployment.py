@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
+from ordersync_pipeline.freshness import FRESHNESS_CHECK_NAME
 from ordersync_pipeline.retailer_scope import DUCKDB_WRITERS_POOL
 
 LOCATION = "ordersync_pipeline.definitions"
@@ -193,7 +194,8 @@ def max_overlap(runs: list[dict]) -> int:
 
 
 def duckdb_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float, str, str]]:
-    """(start, end, run, step) of every step of the runs; each of their steps opens the DuckDB file."""
+    """(start, end, run, step) of every step of the runs that opens the DuckDB file: all but the freshness
+    checks, which read Dagster's own records and run in no pool."""
     intervals = []
     for run_id in run_ids:
         started = {}
@@ -201,7 +203,7 @@ def duckdb_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> l
                                                          dg.DagsterEventType.STEP_FAILURE}):
             if event.dagster_event.event_type == dg.DagsterEventType.STEP_START:
                 started[event.step_key] = event.timestamp
-            else:
+            elif not event.step_key.endswith(FRESHNESS_CHECK_NAME):
                 intervals.append((started.pop(event.step_key), event.timestamp, run_id, event.step_key))
     return sorted(intervals)
 
