@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ordersync_pipeline.api_errors import OrderSyncError
-from ordersync_pipeline.client import OrderSyncClient
+from ordersync_pipeline.api.errors import OrderSyncError
+from ordersync_pipeline.api.client import OrderSyncClient
 from ordersync_pipeline.demo_history import history_summary, morning_figures, morning_of, play_mornings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
@@ -174,7 +174,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"\nDuckDB file: {database}\nOpen it read-only: duckdb -readonly {database}\n"
                   f"As one HTML page with charts: ordersync report --database {database}")
             return 0
-        from ordersync_pipeline.across_retailers import across_retailers_sql, published_files_from_env
+        from ordersync_pipeline.reporting.across_retailers import across_retailers_sql, published_files_from_env
 
         published = published_files_from_env()
         script = Path(database).parent / "all_retailers.sql"
@@ -199,7 +199,7 @@ def across_retailers_summary(script: Path) -> str:
 
 
 def run_across_retailers(args: argparse.Namespace) -> int:
-    from ordersync_pipeline.across_retailers import across_retailers_sql, published_files_from_env
+    from ordersync_pipeline.reporting.across_retailers import across_retailers_sql, published_files_from_env
 
     try:
         print(across_retailers_sql(published_files_from_env()), end="")
@@ -340,7 +340,7 @@ def format_records_table(records: list) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ordersync_pipeline.report import ReportError, write_report
+    from ordersync_pipeline.reporting.report import ReportError, write_report
     # One setting, not Settings.from_env(): the report reads a published file and must not fail on others.
     from ordersync_pipeline.settings import analyst_path_from_env
 
@@ -355,7 +355,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _bench_main(argv: list[str]) -> int:
-    from ordersync_pipeline.bench import main as bench_main
+    from ordersync_pipeline.bench.runner import main as bench_main
 
     return bench_main(argv)
 

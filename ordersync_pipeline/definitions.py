@@ -5,19 +5,19 @@ One retailer (ORDERSYNC_API_KEY) or several (ORDERSYNC_RETAILERS): both built by
 
 import dagster as dg
 
-from ordersync_pipeline.alerts import alerts_from_env, build_alert_sensors
+from ordersync_pipeline.orchestration.alerts import alerts_from_env, build_alert_sensors
 from ordersync_pipeline.assets.backlog import backlog_checks
 from ordersync_pipeline.assets.order_statuses import order_status_checks
-from ordersync_pipeline.freshness import freshness_checks, freshness_sensor
-from ordersync_pipeline.jobs import DAILY_ASSET_NAMES
+from ordersync_pipeline.orchestration.freshness import freshness_checks, freshness_sensor
+from ordersync_pipeline.deployment.jobs import DAILY_ASSET_NAMES
 from ordersync_pipeline.assets.analyst_database import analyst_database
 from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
 from ordersync_pipeline.assets.marts import delivery_lead_times, open_orders
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
-from ordersync_pipeline.resources import resources_from_env
-from ordersync_pipeline.retailers import FRESHNESS_WATCHED, RetailerDefinitions, build_code_location, build_retailer
+from ordersync_pipeline.orchestration.resources import resources_from_env
+from ordersync_pipeline.deployment.retailers import FRESHNESS_WATCHED, RetailerDefinitions, build_code_location, build_retailer
 from ordersync_pipeline.settings import retailers_from_env
 
 # The single retailer's module-level assets and checks (tests and the benchmark materialize them directly).

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from ordersync_pipeline.records import TEXT_FIELDS, RegularRecord, as_json_value
+from ordersync_pipeline.api.records import TEXT_FIELDS, RegularRecord, as_json_value
 
 API_FIELDS = frozenset(TEXT_FIELDS)
 TIMESTAMP_FIELDS = ("order_date", "delivery_date")

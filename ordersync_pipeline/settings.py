@@ -23,15 +23,15 @@ from pathlib import Path
 import duckdb
 
 from ordersync_pipeline.normalise import PII_MODES
-from ordersync_pipeline.object_storage import (
+from ordersync_pipeline.storage.object_storage import (
     DEFAULT_KEEP,
     PUBLISH_KEEP_SETTING,
     PUBLISH_URL_SETTING,
     parse_publish_url,
     retailer_publish_url,
 )
-from ordersync_pipeline.responses import DEFAULT_BASE_URL
-from ordersync_pipeline.snapshots import DEFAULT_STORAGE_VERSION, WarehouseFileError, default_working_path
+from ordersync_pipeline.api.responses import DEFAULT_BASE_URL
+from ordersync_pipeline.storage.snapshots import DEFAULT_STORAGE_VERSION, WarehouseFileError, default_working_path
 
 DEFAULT_DUCKDB_PATH = "data/ordersync.duckdb"
 DEFAULT_START_DATE = "2025-01-01"

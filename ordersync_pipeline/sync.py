@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from ordersync_pipeline.client import OrderSyncClient
+from ordersync_pipeline.api.client import OrderSyncClient
 from ordersync_pipeline.normalise import normalise_order_statuses
 from ordersync_pipeline.vocabulary import is_open_sql
-from ordersync_pipeline.warehouse import DayLoad, apply_refreshed_statuses, one_checkpoint, replace_days
+from ordersync_pipeline.storage.warehouse import DayLoad, apply_refreshed_statuses, one_checkpoint, replace_days
 
 def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw",
                    pii_hash_key: str | None = None) -> DayLoad:

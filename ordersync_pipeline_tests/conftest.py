@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.warehouse import ensure_schema
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.storage.warehouse import ensure_schema
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 

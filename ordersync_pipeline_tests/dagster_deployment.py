@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
-from ordersync_pipeline.freshness import FRESHNESS_CHECK_NAME
-from ordersync_pipeline.retailer_scope import DUCKDB_WRITERS_POOL
+from ordersync_pipeline.orchestration.freshness import FRESHNESS_CHECK_NAME
+from ordersync_pipeline.orchestration.retailer_scope import DUCKDB_WRITERS_POOL
 
 LOCATION = "ordersync_pipeline.definitions"
 

@@ -3,7 +3,7 @@
 import datetime as dt
 
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.warehouse import DayLoad
+from ordersync_pipeline.storage.warehouse import DayLoad
 
 DAY = dt.date(2025, 12, 3)
 

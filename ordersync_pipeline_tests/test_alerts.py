@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ordersync_pipeline.alerts import AlertNotifier, alerts_from_env, redacted_first_line
+from ordersync_pipeline.orchestration.alerts import AlertNotifier, alerts_from_env, redacted_first_line
 from ordersync_pipeline.definitions import build_many_retailers_definitions
 from ordersync_pipeline_tests.test_retailers import RETAILERS, retailer_resources
 
@@ -83,7 +83,7 @@ def _evaluate(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, run: dg
 
 
 def test_one_failure_message_none_for_a_run_that_will_be_retried_and_recovered_after(monkeypatch):
-    from ordersync_pipeline.alerts import build_alert_sensors
+    from ordersync_pipeline.orchestration.alerts import build_alert_sensors
 
     monkeypatch.setenv("ORDERSYNC_API_KEY_ACME", "pk_live_tiny_secret")
     sent = []

@@ -11,9 +11,9 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.definitions import build_definitions
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
-from ordersync_pipeline.snapshots import WarehouseFileError, default_working_path
+from ordersync_pipeline.storage.snapshots import WarehouseFileError, default_working_path
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 

@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.assets.order_statuses import order_statuses
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.warehouse import WarehouseLockedError
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.storage.warehouse import WarehouseLockedError
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 from ordersync_pipeline_tests.writer_to_kill import VERSIONS

@@ -13,7 +13,7 @@ import pytest
 
 from ordersync_pipeline.assets.backlog import StuckLinesConfig
 from ordersync_pipeline.definitions import build_definitions
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock

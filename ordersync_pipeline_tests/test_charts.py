@@ -6,7 +6,7 @@ import re
 import polars as pl
 import pytest
 
-from ordersync_pipeline import charts
+from ordersync_pipeline.assets import charts
 from ordersync_pipeline.vocabulary import AGE_BUCKET_LABELS
 
 

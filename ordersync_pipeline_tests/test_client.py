@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from ordersync_pipeline.api_errors import (
+from ordersync_pipeline.api.errors import (
     OrderSyncAuthError,
     OrderSyncConfigError,
     OrderSyncError,
@@ -14,7 +14,7 @@ from ordersync_pipeline.api_errors import (
     OrderSyncRequestError,
     OrderSyncUnavailableError,
 )
-from ordersync_pipeline.client import OrderSyncClient
+from ordersync_pipeline.api.client import OrderSyncClient
 
 KEY = "pk_live_secret_do_not_print"
 DAY = dt.date(2025, 12, 5)
@@ -336,7 +336,7 @@ def test_a_key_echoed_in_an_error_body_is_redacted_from_the_error(status, error_
 
 
 def test_redact_key_removes_the_key_and_any_api_key_header_value():
-    from ordersync_pipeline.api_errors import redact_key
+    from ordersync_pipeline.api.errors import redact_key
 
     text = f'{KEY} x-api-key: pk_other {{"X-API-Key": "pk_third"}} X_API_KEY=pk_fourth; kept'
     redacted = redact_key(text, KEY)

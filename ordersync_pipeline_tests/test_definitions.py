@@ -64,7 +64,7 @@ def test_the_api_key_is_an_env_var_not_a_value():
 
 
 def test_a_malformed_numeric_setting_names_the_variable(monkeypatch):
-    from ordersync_pipeline.resources import resources_from_env
+    from ordersync_pipeline.orchestration.resources import resources_from_env
 
     monkeypatch.setenv("ORDERSYNC_DAYS_IN_FLIGHT", "four")
     with pytest.raises(ValueError, match="ORDERSYNC_DAYS_IN_FLIGHT must be a whole number >= 1, got 'four'"):

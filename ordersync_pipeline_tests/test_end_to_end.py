@@ -12,8 +12,8 @@ from ordersync_pipeline import sync
 from ordersync_pipeline.assets import order_statuses as order_statuses_module
 from ordersync_pipeline.assets.order_statuses import order_status_checks, order_statuses
 from ordersync_pipeline.settings import DEFAULT_STORE_MEMORY_LIMIT as STORE_MEMORY_LIMIT
-from ordersync_pipeline.resources import OrderSyncWarehouse
-from ordersync_pipeline.warehouse import replace_days
+from ordersync_pipeline.orchestration.resources import OrderSyncWarehouse
+from ordersync_pipeline.storage.warehouse import replace_days
 from ordersync_pipeline_tests.conftest import range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 

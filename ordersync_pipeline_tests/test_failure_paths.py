@@ -9,14 +9,14 @@ import time
 import duckdb
 import pytest
 
-from ordersync_pipeline import resources as resources_module
+from ordersync_pipeline.orchestration import resources as resources_module
 from ordersync_pipeline import settings as settings_module
-from ordersync_pipeline.across_retailers import across_retailers_sql
+from ordersync_pipeline.reporting.across_retailers import across_retailers_sql
 from ordersync_pipeline.assets.backlog import STUCK_LINES_SQL
 from ordersync_pipeline.definitions import build_many_retailers_definitions
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
-from ordersync_pipeline.snapshots import WarehouseFileError
-from ordersync_pipeline.warehouse import replace_days
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.storage.snapshots import WarehouseFileError
+from ordersync_pipeline.storage.warehouse import replace_days
 from ordersync_pipeline_tests.lines import DAY, at, day_load, line
 
 

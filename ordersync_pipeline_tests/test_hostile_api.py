@@ -8,8 +8,8 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.assets.order_statuses import order_status_checks, order_statuses
-from ordersync_pipeline.client import OrderSyncClient
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.api.client import OrderSyncClient
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags

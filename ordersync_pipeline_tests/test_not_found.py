@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from ordersync_pipeline import cli
-from ordersync_pipeline.api_errors import OrderSyncConfigError
-from ordersync_pipeline.client import OrderSyncClient
+from ordersync_pipeline.api.errors import OrderSyncConfigError
+from ordersync_pipeline.api.client import OrderSyncClient
 from ordersync_pipeline.definitions import build_definitions
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env

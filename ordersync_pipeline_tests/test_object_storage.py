@@ -19,8 +19,8 @@ import pytest
 
 from ordersync_pipeline.cli import main
 from ordersync_pipeline.definitions import build_many_retailers_definitions
-from ordersync_pipeline.object_storage import UploadError, PublishSettingError, list_versions, upload_snapshot
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.storage.object_storage import UploadError, PublishSettingError, list_versions, upload_snapshot
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.object_store import RemoteAnalyst, S3Server
 from ordersync_pipeline_tests.test_analyst_database import run_daily
@@ -353,7 +353,7 @@ def test_kill_9_of_a_run_during_its_upload_leaves_the_url_the_last_good_version(
 
 PUBLISHER = """
 import datetime as dt, sys, time
-from ordersync_pipeline.object_storage import upload_snapshot
+from ordersync_pipeline.storage.object_storage import upload_snapshot
 files, url = sys.argv[1:3], sys.argv[3]
 moment = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
 for n in range(1000):

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ordersync_pipeline.snapshots import DEFAULT_STORAGE_VERSION, PublishError, publish, storage_config
-from ordersync_pipeline.warehouse import ensure_schema
+from ordersync_pipeline.storage.snapshots import DEFAULT_STORAGE_VERSION, PublishError, publish, storage_config
+from ordersync_pipeline.storage.warehouse import ensure_schema
 
 
 def working_file(path: Path, rows: int) -> duckdb.DuckDBPyConnection:
@@ -76,7 +76,7 @@ def test_a_failing_rename_leaves_the_previous_file_and_no_copy(tmp_path, monkeyp
     def refuse(source, target):
         raise PermissionError(13, "Permission denied", target)
 
-    monkeypatch.setattr("ordersync_pipeline.snapshots.os.replace", refuse)
+    monkeypatch.setattr("ordersync_pipeline.storage.snapshots.os.replace", refuse)
     with pytest.raises(PublishError, match=r"failed \(\[Errno 13\] Permission denied.*unchanged and no partial copy"):
         publish(conn, published, DEFAULT_STORAGE_VERSION, run_id="second", as_of=dt.date(2025, 12, 2))
     assert Path(published).read_bytes() == before

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from ordersync_pipeline.normalise import PII_MODES, normalise_order_statuses
-from ordersync_pipeline.records import RegularRecord, decode_body
+from ordersync_pipeline.api.records import RegularRecord, decode_body
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
 from ordersync_pipeline_tests.test_normalise import FETCHED, REFERENCE_RECORD
@@ -119,7 +119,7 @@ def test_long_ranges_are_sliced_per_page_like_the_whole_list():
 
 
 def test_look_ups_still_return_the_json_objects_the_api_sent(simulator):
-    from ordersync_pipeline.client import OrderSyncClient
+    from ordersync_pipeline.api.client import OrderSyncClient
 
     record = simulator.records_for_day(dt.date(2025, 12, 3))[0]
     with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url) as client:

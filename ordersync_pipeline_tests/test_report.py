@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.cli import main
-from ordersync_pipeline.report import HEADLINES, default_output
+from ordersync_pipeline.reporting.report import HEADLINES, default_output
 from ordersync_pipeline_tests.browser import chromium_page
 
 @pytest.fixture(scope="module")

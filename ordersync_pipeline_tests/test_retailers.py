@@ -12,9 +12,9 @@ import pytest
 from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
-from ordersync_pipeline.across_retailers import across_retailers_sql
+from ordersync_pipeline.reporting.across_retailers import across_retailers_sql
 from ordersync_pipeline.definitions import ASSETS, CHECKS, build_many_retailers_definitions, definitions_from_env
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.settings import retailers_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock

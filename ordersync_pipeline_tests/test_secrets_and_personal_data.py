@@ -13,10 +13,10 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.assets.order_statuses import order_statuses
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline.snapshots import default_working_path
+from ordersync_pipeline.storage.snapshots import default_working_path
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
 
 SECRET = "pk_live_S3CRET_k3y_that_must_never_leak"

@@ -12,7 +12,7 @@ import pytest
 from ordersync_pipeline import sync
 from ordersync_pipeline.assets.order_statuses import order_statuses
 from ordersync_pipeline.definitions import build_definitions
-from ordersync_pipeline.resources import resources_from_env
+from ordersync_pipeline.orchestration.resources import resources_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags

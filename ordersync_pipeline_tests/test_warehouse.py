@@ -5,9 +5,9 @@ import datetime as dt
 import duckdb
 import pytest
 
-from ordersync_pipeline import warehouse
+from ordersync_pipeline.storage import warehouse
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.warehouse import apply_refreshed_statuses, replace_days
+from ordersync_pipeline.storage.warehouse import apply_refreshed_statuses, replace_days
 from ordersync_pipeline_tests.lines import DAY, at, day_load, line
 
 def test_replacing_a_day_twice_never_duplicates(conn):

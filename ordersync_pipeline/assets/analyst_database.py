@@ -16,12 +16,12 @@ from ordersync_pipeline.assets.backlog import open_order_backlog, stuck_lines
 from ordersync_pipeline.assets.marts import MART, built_as_of, delivery_lead_times, open_orders
 from ordersync_pipeline.assets.metadata import markdown_table
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
-from ordersync_pipeline.object_storage import UploadedSnapshot, UploadError, upload_snapshot
-from ordersync_pipeline.freshness import freshness_policy
-from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.resources import OrderSyncWarehouse
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
-from ordersync_pipeline.snapshots import PublishError, publish
+from ordersync_pipeline.storage.object_storage import UploadedSnapshot, UploadError, upload_snapshot
+from ordersync_pipeline.orchestration.freshness import freshness_policy
+from ordersync_pipeline.orchestration.partitions import partition_days
+from ordersync_pipeline.orchestration.resources import OrderSyncWarehouse
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.storage.snapshots import PublishError, publish
 
 # Every mart the analysts' file holds, rebuilt before each publish.
 MARTS = [delivery_lead_times, open_orders, open_order_backlog, stuck_lines, supplier_scorecard, carrier_scorecard]

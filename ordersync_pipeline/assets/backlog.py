@@ -13,12 +13,12 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
-from ordersync_pipeline import charts
+from ordersync_pipeline.assets import charts
 from ordersync_pipeline.assets.marts import MART, RAW_DEPS, built_as_of, rebuild, utc_day
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.resources import OrderSyncWarehouse
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.partitions import partition_days
+from ordersync_pipeline.orchestration.resources import OrderSyncWarehouse
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.sync import open_lines_sql
 from ordersync_pipeline.vocabulary import (

@@ -8,10 +8,10 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from ordersync_pipeline import charts
+from ordersync_pipeline.assets import charts
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.partitions import partition_days
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.sync import open_lines_sql
 from ordersync_pipeline.vocabulary import (
     AGE_BUCKET_COMMENT,
@@ -20,7 +20,7 @@ from ordersync_pipeline.vocabulary import (
     age_bucket_sql,
     status_key_sql,
 )
-from ordersync_pipeline.warehouse import apply_comments, transaction
+from ordersync_pipeline.storage.warehouse import apply_comments, transaction
 
 # What every mart shares besides what RetailerScope.asset gives every asset (partitions, pool, single-run
 # backfills): rebuilt from the raw tables, in the group "marts".

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from ordersync_pipeline.warehouse import COMMENTS, SCHEMA_SQL, apply_comments
+from ordersync_pipeline.storage.warehouse import COMMENTS, SCHEMA_SQL, apply_comments
 
 
 def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:

@@ -8,13 +8,13 @@ import dagster as dg
 import polars as pl
 
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
-from ordersync_pipeline.freshness import freshness_policy
-from ordersync_pipeline.partitions import partition_days
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.freshness import freshness_policy
+from ordersync_pipeline.orchestration.partitions import partition_days
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.sync import store_days
 from ordersync_pipeline.vocabulary import is_known_sql
-from ordersync_pipeline.warehouse import DayLoad
+from ordersync_pipeline.storage.warehouse import DayLoad
 
 # DUCKDB_WRITERS_POOL (retailer_scope.py): every asset and check that opens the DuckDB file runs in it; its
 # limit of 1 (dagster.yaml) keeps them serial, because DuckDB allows one writing process at a time.

@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
-from ordersync_pipeline import charts
+from ordersync_pipeline.assets import charts
 from ordersync_pipeline.assets.marts import (
     IS_DELIVERED,
     LEAD_TIME_DAYS,
@@ -21,7 +21,7 @@ from ordersync_pipeline.assets.marts import (
     seconds_between,
 )
 from ordersync_pipeline.assets.metadata import image, markdown_table, table_metadata
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.vocabulary import CLOSED_STATUSES, WITH_CARRIER_STATUSES, is_open_sql, sql_list, status_key_sql
 

@@ -9,7 +9,6 @@ themselves (publishing, adopting, checking a path) in snapshots.py.
 
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,8 +18,8 @@ import tenacity
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from ordersync_pipeline.client import DEFAULT_BASE_URL, OrderSyncClient
-from ordersync_pipeline.object_storage import DEFAULT_KEEP
+from ordersync_pipeline.api.client import DEFAULT_BASE_URL, OrderSyncClient
+from ordersync_pipeline.storage.object_storage import DEFAULT_KEEP
 from ordersync_pipeline.settings import (
     ANALYST_PATH_SETTING,
     DEFAULT_STORE_MEMORY_LIMIT,
@@ -28,7 +27,7 @@ from ordersync_pipeline.settings import (
     Settings,
     size_in_bytes,
 )
-from ordersync_pipeline.snapshots import (
+from ordersync_pipeline.storage.snapshots import (
     DEFAULT_STORAGE_VERSION,
     adopt_single_file_install,
     check_usable_path,
@@ -36,7 +35,7 @@ from ordersync_pipeline.snapshots import (
     is_corruption_error,
     storage_config,
 )
-from ordersync_pipeline.warehouse import ensure_schema, explain_lock_error, lock_holder, sql_string
+from ordersync_pipeline.storage.warehouse import ensure_schema, explain_lock_error, lock_holder, sql_string
 
 
 class OrderSyncResource(dg.ConfigurableResource):

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from ordersync_pipeline.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 
 # What each job materializes, by asset name (each retailer's keys are these under its prefix).
 RAW_ASSET_NAMES = ("order_statuses", "order_status_refresh")  # what a backfill writes without publishing

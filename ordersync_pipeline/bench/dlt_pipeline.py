@@ -1,6 +1,6 @@
 """The best-tuned dlt `rest_api` pipeline over the same by-date data, for `ordersync bench` to compare with.
 
-    python -m ordersync_pipeline.bench_dlt BASE_URL FIRST_DAY LAST_DAY DUCKDB_FILE WORK_DIR
+    python -m ordersync_pipeline.bench.dlt_pipeline BASE_URL FIRST_DAY LAST_DAY DUCKDB_FILE WORK_DIR
 
 Run as its own process by bench.py. dlt is not a dependency of the product: `pip install -e ".[bench]"`.
 Tuned as far as its documented settings go: 8 date-range resources extracted in parallel (8 workers, like

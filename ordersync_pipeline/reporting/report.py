@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ordersync_pipeline import charts
+from ordersync_pipeline.assets import charts
 from ordersync_pipeline.assets.backlog import backlog_by_day, backlog_chart, longest_stuck
 from ordersync_pipeline.assets.marts import lead_times_by_carrier
 from ordersync_pipeline.assets.scorecards import recent_supplier_figures, worst_suppliers
@@ -72,7 +72,7 @@ def write_report(database: str | Path, output: str | Path | None = None) -> Path
 def _write_report_from_url(url: str, output: str | Path | None) -> Path:
     import tempfile
 
-    from ordersync_pipeline.object_storage import UploadError, PublishSettingError, download
+    from ordersync_pipeline.storage.object_storage import UploadError, PublishSettingError, download
 
     output = Path(output) if output else Path(default_output(Path(url.rsplit("/", 1)[-1])).name)
     with tempfile.TemporaryDirectory(prefix="ordersync-report-") as folder:

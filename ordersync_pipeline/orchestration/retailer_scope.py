@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ordersync_pipeline.partitions import daily_partitions
-from ordersync_pipeline.resources import OrderSyncResource, OrderSyncWarehouse
+from ordersync_pipeline.orchestration.partitions import daily_partitions
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 
 RETAILER_TAG = "ordersync/retailer"
 DUCKDB_WRITERS_POOL = "ordersync_duckdb"

@@ -20,7 +20,7 @@ import time
 
 import dagster as dg
 
-from ordersync_pipeline.alerts import AlertNotifier, notify_stale
+from ordersync_pipeline.orchestration.alerts import AlertNotifier, notify_stale
 from ordersync_pipeline.settings import Settings
 
 FRESHNESS_CHECK_NAME = "updated_within_freshness_window"

@@ -47,7 +47,7 @@ import httpx
 import msgspec
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
-from ordersync_pipeline.snapshots import DEFAULT_STORAGE_VERSION, default_working_path, publish, storage_config
+from ordersync_pipeline.storage.snapshots import DEFAULT_STORAGE_VERSION, default_working_path, publish, storage_config
 
 RAW_THREADS = 8
 PARTS = ("naive", "marts", "daily", "dlt", "fixed")
@@ -246,7 +246,7 @@ def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> Run
     return Run(time.monotonic() - started, _cpu_seconds() - cpu, None, sum(counts))
 
 
-FLOOR_MODULE = "ordersync_pipeline.bench_floor"
+FLOOR_MODULE = "ordersync_pipeline.bench.floor"
 
 
 def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, checkout: str | None = None,
@@ -291,7 +291,7 @@ def dlt_run(base_url: str, first: dt.date, last: dt.date, work_dir: Path) -> Run
     with output.open("w") as out, errors.open("w") as err:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "ordersync_pipeline.bench_dlt", base_url, str(first), str(last),
+            [sys.executable, "-m", "ordersync_pipeline.bench.dlt_pipeline", base_url, str(first), str(last),
              str(work_dir / "dlt.duckdb"), str(work_dir)], cwd=work_dir, stdout=out, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - started
@@ -346,7 +346,7 @@ def daily_job(base_url: str, day: dt.date, database: Path) -> tuple[int, float]:
 def mart_benchmark(lines: int, repeat: int) -> None:
     """Each mart's SQL over a synthetic order_statuses of `lines` lines and its history (a temporary DuckDB file)."""
     from ordersync_pipeline.assets import backlog, marts, scorecards
-    from ordersync_pipeline.warehouse import ensure_schema
+    from ordersync_pipeline.storage.warehouse import ensure_schema
 
     with tempfile.TemporaryDirectory() as workdir:
         # In the storage format the pipeline's working files use, so publishing is measured as it runs.
@@ -444,7 +444,7 @@ def upload_benchmark(published: str, lines: int, repeat: int) -> None:
     except ImportError:
         print("publish to object storage: skipped (needs moto[server], in the dev extra)")
         return
-    from ordersync_pipeline.object_storage import upload_snapshot
+    from ordersync_pipeline.storage.object_storage import upload_snapshot
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -3,15 +3,15 @@
 An asset named like ours over the same daily partitions, with the same single-run backfill policy, pool and
 six blocking checks, that fetches and stores nothing and returns one MaterializeResult for the range (Dagster
 then records one event per partition, as it does for order_statuses). Run by the same command as the
-pipeline (`dagster asset materialize -m ordersync_pipeline.bench_floor --select order_statuses
+pipeline (`dagster asset materialize -m ordersync_pipeline.bench.floor --select order_statuses
 --partition-range A...B`) on the same instance kind, its wall and CPU are what Dagster alone costs; the
 pipeline's minus these is our own work. Knows no API, no DuckDB.
 """
 
 import dagster as dg
 
-from ordersync_pipeline.assets.order_statuses import DUCKDB_WRITERS_POOL
-from ordersync_pipeline.partitions import daily_partitions, partition_days
+from ordersync_pipeline.orchestration.retailer_scope import DUCKDB_WRITERS_POOL
+from ordersync_pipeline.orchestration.partitions import daily_partitions, partition_days
 
 
 @dg.asset(partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), pool=DUCKDB_WRITERS_POOL,

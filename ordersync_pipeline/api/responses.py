@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ordersync_pipeline.api_errors import (
+from ordersync_pipeline.api.errors import (
     RETRYABLE_STATUS_CODES,
     OrderSyncAuthError,
     OrderSyncConfigError,
@@ -24,7 +24,7 @@ from ordersync_pipeline.api_errors import (
     retry_after_seconds,
     server_message,
 )
-from ordersync_pipeline.records import decode_body
+from ordersync_pipeline.api.records import decode_body
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 NOT_THE_API = f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"

@@ -1,5 +1,5 @@
 """OrderSync Order Status API client: the four endpoints, paging and retries (the errors it raises, what it
-retries and the key's redaction are in api_errors.py; what one response means is in responses.py).
+retries and the key's redaction are in api/errors.py; what one response means is in responses.py).
 
 Plain Python + httpx; knows nothing of Dagster. Bodies are decoded by records.decode_body: records of the
 documented shape as RegularRecord structs (typed in native code, no dict per record), anything else as the
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from ordersync_pipeline.api_errors import (
+from ordersync_pipeline.api.errors import (
     OrderSyncConfigError,
     OrderSyncNotFoundError,
     OrderSyncPagingError,
@@ -32,8 +32,8 @@ from ordersync_pipeline.api_errors import (
     describe_failure,
     is_retryable,
 )
-from ordersync_pipeline.records import as_json_value, record_id as _record_id
-from ordersync_pipeline.responses import DEFAULT_BASE_URL, Page, parse_page, wrong_base_url
+from ordersync_pipeline.api.records import as_json_value, record_id as _record_id
+from ordersync_pipeline.api.responses import DEFAULT_BASE_URL, Page, parse_page, wrong_base_url
 
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
 MAX_PO_NUMBERS_PER_REQUEST = 100  # the API's documented maximum for the bulk endpoint

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 import dagster as dg
 from pydantic import Field
 
-from ordersync_pipeline.api_errors import REDACTED, redact_key
+from ordersync_pipeline.api.errors import REDACTED, redact_key
 from ordersync_pipeline.settings import (
     DEFAULT_UI_URL,
     AlertSettings,

@@ -21,9 +21,9 @@ from ordersync_pipeline.assets.marts import build_delivery_lead_times, build_ope
 from ordersync_pipeline.assets.order_statuses import build_order_status_checks, build_order_statuses
 from ordersync_pipeline.assets.refresh import build_order_status_refresh
 from ordersync_pipeline.assets.scorecards import build_carrier_scorecard, build_supplier_scorecard
-from ordersync_pipeline.freshness import freshness_checks
-from ordersync_pipeline.jobs import ScopeJobs, build_jobs, publish_after_backfills_sensor
-from ordersync_pipeline.retailer_scope import RETAILER_TAG, RetailerScope  # noqa: F401 (RETAILER_TAG: public name)
+from ordersync_pipeline.orchestration.freshness import freshness_checks
+from ordersync_pipeline.deployment.jobs import ScopeJobs, build_jobs, publish_after_backfills_sensor
+from ordersync_pipeline.orchestration.retailer_scope import RETAILER_TAG, RetailerScope  # noqa: F401 (RETAILER_TAG: public name)
 
 ASSET_BUILDERS = (build_order_statuses, build_order_status_refresh, build_delivery_lead_times, build_open_orders,
                   build_open_order_backlog, build_stuck_lines, build_supplier_scorecard, build_carrier_scorecard,
