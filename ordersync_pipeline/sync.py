@@ -20,7 +20,7 @@ import polars as pl
 from ordersync_pipeline.api.client import OrderSyncClient
 from ordersync_pipeline.normalise import normalise_order_statuses
 from ordersync_pipeline.vocabulary import is_open_sql
-from ordersync_pipeline.storage.warehouse import DayLoad, apply_refreshed_statuses, one_checkpoint, replace_days
+from ordersync_pipeline.storage.warehouse import DayLoad, apply_refreshed_statuses, replace_days
 
 def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw",
                    pii_hash_key: str | None = None) -> DayLoad:
@@ -95,20 +95,19 @@ def store_days(
     Then re-read the days storing them showed changed (a line moved to one of `days` from a day stored
     earlier or outside them): the API's count for such a day changed, and only it can say to what.
     """
-    with one_checkpoint(conn):
-        for _ in range(MAX_REREAD_ROUNDS + 1):
-            changed: set[dt.date] = set()
-            stored: set[dt.date] = set()
-            with contextlib.closing(fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode,
-                                                    pii_hash_key=pii_hash_key)) as loads:
-                while batch := list(itertools.islice(loads, days_per_transaction)):
-                    stored.update(load.day for load in batch)
-                    # A day of the range not stored yet is read anyway, with the move already made.
-                    changed |= {day for day in replace_days(conn, batch) if day in stored or day not in days}
-                    yield from batch
-            if not changed:
-                return
-            days = sorted(changed)
+    for _ in range(MAX_REREAD_ROUNDS + 1):
+        changed: set[dt.date] = set()
+        stored: set[dt.date] = set()
+        with contextlib.closing(fetch_day_loads(client, days, days_in_flight=days_in_flight, pii_mode=pii_mode,
+                                                pii_hash_key=pii_hash_key)) as loads:
+            while batch := list(itertools.islice(loads, days_per_transaction)):
+                stored.update(load.day for load in batch)
+                # A day of the range not stored yet is read anyway, with the move already made.
+                changed |= {day for day in replace_days(conn, batch) if day in stored or day not in days}
+                yield from batch
+        if not changed:
+            return
+        days = sorted(changed)
 
 
 @dataclass(frozen=True)

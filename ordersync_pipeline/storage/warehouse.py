@@ -419,24 +419,6 @@ def _record_history(conn: duckdb.DuckDBPyConnection, observed: ArrowStream, days
 
 
 @contextmanager
-def one_checkpoint(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Commit many transactions, then checkpoint once, instead of at every 16 MB of WAL (DuckDB's default).
-
-    Each automatic checkpoint compresses and rewrites the partly filled row groups of every table, and under
-    a store memory limit of 32MB reads evicted blocks back first: storing 196 days spent 5.7 s in COMMIT with
-    automatic checkpoints and 1.1 s + one final 1.4 s CHECKPOINT without (5.2 s in the statements either way;
-    24.4 -> 18.5 s wall, peak RSS unchanged). Committed transactions are durable in the WAL meanwhile: a run
-    killed before the final checkpoint leaves them to be replayed by the next open.
-    """
-    conn.execute("SET checkpoint_threshold = '1TB'")
-    try:
-        yield
-    finally:
-        conn.execute("RESET checkpoint_threshold")
-    conn.execute("CHECKPOINT")
-
-
-@contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """BEGIN ... COMMIT, rolling back on any error (KeyboardInterrupt included)."""
     conn.execute("BEGIN TRANSACTION")
