@@ -8,7 +8,6 @@ import dagster as dg
 import polars as pl
 
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
-from ordersync_pipeline.orchestration.freshness import freshness_policy
 from ordersync_pipeline.orchestration.partitions import partition_days
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
@@ -76,7 +75,8 @@ def build_order_statuses(scope: RetailerScope) -> dg.AssetsDefinition:
         uses_api=True,
         group_name="ordersync",
         kinds={"duckdb", "polars"},
-        freshness_policy=freshness_policy(),  # ORDERSYNC_FRESHNESS_HOURS; shown on the asset's page (freshness.py)
+        # No FreshnessPolicy here (its check updated_within_freshness_window stays): Dagster evaluates a policy at
+        # every partition's event, and a year's range run took 46.4 s with it, 39.5 s without.
         # Declared once, not in each materialization: a range run writes one event per partition, each carrying
         # the run's metadata, and the schema was over half of it (8.8 -> 3.9 kB an event; 1.8 MB for a year).
         metadata={"dagster/column_schema": raw_table_column_schema("order_statuses")},

@@ -1,9 +1,10 @@
 """Freshness of `order_statuses` and `analyst_database`: is the last good materialization within the window?
 
 Two Dagster mechanisms show it, because the UI shows them in different places:
-- a `FreshnessPolicy.time_window` on both assets (Dagster 1.13's recommended freshness; its daemon evaluates
-  it and the asset's page and the asset list show Fresh / Failing). Dagster refuses windows under one minute,
-  so the policy's window is at least that;
+- a `FreshnessPolicy.time_window` on `analyst_database` (Dagster 1.13's recommended freshness; its daemon
+  evaluates it and the asset's page and the asset list show Fresh / Failing). Dagster refuses windows under
+  one minute, so the policy's window is at least that. Not on `order_statuses`: Dagster evaluates a policy at
+  every partition's event, which cost a year's range run 7 s (46.4 -> 39.5 s without);
 - an asset check `updated_within_freshness_window` on each, failing when the last materialization is older
   than `ORDERSYNC_FRESHNESS_HOURS` (default 26: a daily 06:00 run plus two hours' grace). It runs in every run
   that materializes the asset (so the daily job evaluates it), and the sensor `freshness_of_published_data`
