@@ -90,7 +90,7 @@ def hold_file(database: str, seconds: float) -> subprocess.Popen:
     """Another process that opens the DuckDB file (as an analyst's session does) and closes it after `seconds`."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-         "print('open', flush=True); time.sleep(float(sys.argv[2])); c.close(); print('closed', flush=True); "
+         "print('open', flush=True); time.sleep(float(sys.argv[2])); c.close(); print('closed', time.time(), flush=True); "
          "time.sleep(60)", database, str(seconds)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
     return holder
