@@ -149,7 +149,10 @@ def refresh_open_lines_before(
     normalised = normalise_order_statuses(records, fetched_at=fetched_at, pii_mode=pii_mode, pii_hash_key=pii_hash_key)
     observed_at = client.last_server_time if records else None
     # A line returned but rejected was not missing: it stays as it was, and the rejects table says why.
-    looked_up = open_lines.filter(~pl.col("order_status_id").is_in(normalised.rejects["order_status_id"].drop_nulls()))
+    # (A line with neither a PO nor a supplier order id was not looked up at all: nothing is known of it.)
+    looked_up = open_lines.filter(
+        (pl.col("po_number").is_not_null() | pl.col("supplier_order_id").is_not_null())
+        & ~pl.col("order_status_id").is_in(normalised.rejects["order_status_id"].drop_nulls()))
     refreshed = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects, observed_at=observed_at,
                                          looked_up=looked_up)
     reread = list(store_days(client, conn, sorted(refreshed.days_to_reread), days_in_flight=days_in_flight,
