@@ -118,7 +118,6 @@ class RefreshResult:
     lines_updated: int
     rejects: int
     days_reread: int  # loaded days re-read through by-date because a look-up showed them changed
-    lines_reread: int
 
 
 def open_lines_sql(where: str) -> str:
@@ -159,4 +158,4 @@ def refresh_open_lines_before(
                              days_per_transaction=days_per_transaction, pii_mode=pii_mode,
                              pii_hash_key=pii_hash_key)) if refreshed.days_to_reread else []
     return RefreshResult(len(po_numbers), len(supplier_orders), len(records), refreshed.updated,
-                         normalised.rejects.height, len(reread), sum(load.rows.height for load in reread))
+                         normalised.rejects.height, len({load.day for load in reread}))

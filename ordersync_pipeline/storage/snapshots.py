@@ -199,7 +199,6 @@ def publish(conn: duckdb.DuckDBPyConnection, published: str, storage_version: st
         # To the second: the same moment names the version uploaded to object storage (object_storage.py).
         published_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         with duckdb.connect(partial, config=storage_config(storage_version)) as snapshot:
-            snapshot.execute("DROP TABLE IF EXISTS published_snapshot")
             snapshot.execute(SNAPSHOT_INFO_SQL, {"published_at": published_at, "run_id": run_id, "as_of": as_of,
                                                  "storage_version": storage_version})
             apply_comments(snapshot, SNAPSHOT_INFO_COMMENTS)
@@ -228,7 +227,7 @@ def _explain_publish_failure(published: str, target: str, working: str, exc: Bas
     first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     free = shutil.disk_usage(folder).free if folder.exists() else 0
     needed = os.path.getsize(working) if os.path.exists(working) else 0
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or needed > free:
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):  # DuckDB's words for it too
         return PublishError(
             f"Publishing {published} failed: its folder {folder} has {free / 1e6:.1f} MB free and the copy needs "
             f"{needed / 1e6:.1f} MB (the size of the working file). The previous published file is unchanged and "

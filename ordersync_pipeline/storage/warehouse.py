@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, REJECT_SCHEMA
+from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, REJECT_SCHEMA, UTC_TIMESTAMP
 from ordersync_pipeline.vocabulary import status_key_sql
 
 SCHEMA_SQL = """
@@ -250,7 +250,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> set[d
     rows = ArrowStream(latest.select(list(ORDER_STATUS_SCHEMA)))
     observed = ArrowStream(latest.select("order_status_id", "order_day", "status", "observed_at"))
     day_observed = ArrowStream(pl.DataFrame({"order_day": days, "observed_at": [
-        load.observed_at or load.fetched_at for load in loads]}, schema={"order_day": pl.Date, "observed_at": UTC}))
+        load.observed_at or load.fetched_at for load in loads]}, schema={"order_day": pl.Date, "observed_at": UTC_TIMESTAMP}))
     rejects = ArrowStream(pl.concat([load.rejects.select(list(REJECT_SCHEMA)) for load in loads]).with_columns(
         pl.lit("by-date").alias("source")))
     day_loads = ArrowStream(pl.DataFrame(
@@ -287,13 +287,10 @@ def replace_days(conn: duckdb.DuckDBPyConnection, loads: list[DayLoad]) -> set[d
     return (moved_from - set(days)) | superseded_days
 
 
-UTC = pl.Datetime("us", "UTC")
-
-
 def _observations_with_rows(load: DayLoad) -> pl.DataFrame:
     """A load's rows with when they were observed (the API's clock; the fetch time if it sent none)."""
     when = load.observed_at or load.fetched_at
-    return load.rows.select(list(ORDER_STATUS_SCHEMA)).with_columns(pl.lit(when).cast(UTC).alias("observed_at"))
+    return load.rows.select(list(ORDER_STATUS_SCHEMA)).with_columns(pl.lit(when).cast(UTC_TIMESTAMP).alias("observed_at"))
 
 
 def _one_row_per_line(fetched: pl.DataFrame) -> tuple[pl.DataFrame, set[dt.date]]:
@@ -359,12 +356,11 @@ def apply_refreshed_statuses(
                           else pl.DataFrame(schema={"order_status_id": pl.String, "order_day": pl.Date}))
     assignments = ", ".join(f"{name} = r.{name}" for name in ORDER_STATUS_SCHEMA if name != "order_status_id")
     with transaction(conn):
+        # Both days of a line returned under another day (one scan of the table), and the day of each line missing.
         changed_days = {day for (day,) in conn.execute("""
             SELECT DISTINCT d.order_day FROM (
-                SELECT s.order_day FROM order_statuses AS s JOIN rows AS r USING (order_status_id)
-                WHERE s.order_day <> r.order_day
-                UNION ALL SELECT r.order_day FROM order_statuses AS s JOIN rows AS r USING (order_status_id)
-                WHERE s.order_day <> r.order_day
+                SELECT unnest([s.order_day, r.order_day]) AS order_day
+                FROM order_statuses AS s JOIN rows AS r USING (order_status_id) WHERE s.order_day <> r.order_day
                 UNION ALL SELECT order_day FROM missing WHERE order_status_id NOT IN (SELECT order_status_id FROM rows)
             ) AS d SEMI JOIN order_status_loads USING (order_day)
         """).fetchall()}
