@@ -105,7 +105,8 @@ class Settings:
         env = os.environ if environ is None else environ
         read = _Reader(env)
         pii_mode = read.choice("ORDERSYNC_PII_MODE", "raw", PII_MODES)
-        if pii_mode == "hash" and not env.get(PII_HASH_KEY_SETTING):
+        # Only its length is read here: the value itself reaches the run through EnvVar.
+        if pii_mode == "hash" and len(env.get(PII_HASH_KEY_SETTING, "")) < 16:
             raise ValueError(f"ORDERSYNC_PII_MODE=hash needs {PII_HASH_KEY_SETTING}: a secret of at least 16 "
                              "characters (e.g. from `python -c 'import secrets; print(secrets.token_hex(32))'`), kept "
                              "like the API key")

@@ -148,6 +148,9 @@ def test_hash_mode_without_its_key_stops_the_definitions_loading(monkeypatch):
     monkeypatch.delenv("ORDERSYNC_PII_HASH_KEY", raising=False)
     with pytest.raises(ValueError, match="ORDERSYNC_PII_MODE=hash needs ORDERSYNC_PII_HASH_KEY"):
         resources_from_env()
+    monkeypatch.setenv("ORDERSYNC_PII_HASH_KEY", "short")  # guessable: refused like a missing one
+    with pytest.raises(ValueError, match="a secret of at least 16 characters"):
+        resources_from_env()
     monkeypatch.setenv("ORDERSYNC_PII_HASH_KEY", HASH_KEY)
     warehouse = resources_from_env()["warehouse"]
     assert HASH_KEY not in repr(warehouse)  # an EnvVar, resolved only when a run starts
