@@ -294,3 +294,7 @@ def test_published_snapshot_says_what_the_file_holds_after_runs_out_of_order(sim
     # To the second (it names the version in object storage), after the working file's last checkpoint.
     assert published_at >= before_late_run.replace(microsecond=0)
     assert published_at.timestamp() + 1 > os.path.getmtime(database)
+    # The row is written into the copy itself: the working file never holds one to copy (a stale one before).
+    with duckdb.connect(database, read_only=True) as working:
+        assert working.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'published_snapshot'"
+                               ).fetchall() == [(0,)]
