@@ -22,15 +22,13 @@ import dagster as dg
 from pydantic import Field
 
 from ordersync_pipeline.api.errors import REDACTED, redact_key
+from ordersync_pipeline.orchestration.retailer_scope import RETAILER_TAG
 from ordersync_pipeline.settings import (
     DEFAULT_UI_URL,
     AlertSettings,
     Settings,
     api_key_variables,
 )
-
-RETAILER_TAG = "ordersync/retailer"  # as retailer_scope.py tags each retailer's runs
-
 
 class AlertNotifier(dg.ConfigurableResource):
     """Where alerts go. With neither a webhook nor an SMTP host, `send` does nothing."""

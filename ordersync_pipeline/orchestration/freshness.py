@@ -27,7 +27,7 @@ from ordersync_pipeline.settings import Settings
 FRESHNESS_CHECK_NAME = "updated_within_freshness_window"
 SENSOR_NAME = "freshness_of_published_data"
 # Alerts go out for the analysts' file only: what analysts read is what must not silently age (order_statuses
-# goes stale with it, seconds apart, and its check and policy show that in the UI).
+# goes stale with it, seconds apart, and its check shows that in the UI).
 ALERTED = "analyst_database"
 _POLICY_MINIMUM = dt.timedelta(minutes=1)  # Dagster's own floor for a time-window policy
 
