@@ -151,7 +151,7 @@ def refresh_open_lines_before(
     # (A line with neither a PO nor a supplier order id was not looked up at all: nothing is known of it.)
     looked_up = open_lines.filter(
         (pl.col("po_number").is_not_null() | pl.col("supplier_order_id").is_not_null())
-        & ~pl.col("order_status_id").is_in(normalised.rejects["order_status_id"].drop_nulls()))
+        & ~pl.col("order_status_id").is_in(normalised.rejects["order_status_id"].drop_nulls().implode()))
     refreshed = apply_refreshed_statuses(conn, normalised.rows, normalised.rejects, observed_at=observed_at,
                                          looked_up=looked_up)
     reread = list(store_days(client, conn, sorted(refreshed.days_to_reread), days_in_flight=days_in_flight,

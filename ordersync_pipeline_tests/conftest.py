@@ -1,8 +1,6 @@
 """Shared fixtures: an embedded simulator with a fixed clock, and resources pointed at it."""
 
 import datetime as dt
-import warnings
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -11,12 +9,8 @@ from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderS
 from ordersync_pipeline.storage.warehouse import ensure_schema
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 
-warnings.filterwarnings("ignore", category=Warning, module="dagster")
-
-# The simulator's "now" in most tests: early morning of 2025-12-10 UTC, so 2025-12-09 is complete.
-SIM_NOW = dt.datetime(2025, 12, 10, 6, 0, tzinfo=dt.timezone.utc)
-SIM_FIRST_DAY = dt.date(2025, 10, 1)
 
 # The modules that start a whole Dagster deployment take most of the suite's time (the UI backfill with 30 runs
 # ~9 of ~22 minutes when run one test at a time). Collected first, pytest-xdist's workers (pyproject's addopts)
@@ -69,12 +63,6 @@ def resources(simulator, database, published):
     }
 
 
-def duckdb_env(database: str) -> dict[str, str]:
-    """Settings for a Dagster process: runs write `database`; analysts' file in a folder beside it."""
-    return {"ORDERSYNC_WORKING_DUCKDB_PATH": database,
-            "ORDERSYNC_DUCKDB_PATH": str(Path(database).parent / "analysts" / "ordersync.duckdb")}
-
-
 @pytest.fixture(scope="session")
 def observed_history(tmp_path_factory):
     """Files as a team has them after a backfill and a week of mornings: statuses observed moving day by day,
@@ -103,8 +91,3 @@ def observed_history(tmp_path_factory):
 
 HISTORY_FIRST_DAY = dt.date(2025, 10, 27)
 HISTORY_MORNINGS = 7
-
-
-def range_tags(first: str, last: str) -> dict[str, str]:
-    """Tags that make one in-process run cover a range of partitions (single-run backfill)."""
-    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}

@@ -1,4 +1,4 @@
-"""Synthetic order lines and day loads for the warehouse tests (the `conn` fixture in conftest stores them)."""
+"""The reference page's example record, synthetic order lines and day loads for the normalise and warehouse tests (the `conn` fixture in conftest stores them)."""
 
 import datetime as dt
 
@@ -6,6 +6,15 @@ from ordersync_pipeline.normalise import normalise_order_statuses
 from ordersync_pipeline.storage.warehouse import DayLoad
 
 DAY = dt.date(2025, 12, 3)
+FETCHED = dt.datetime(2025, 12, 10, 6, 30, tzinfo=dt.timezone.utc)
+REFERENCE_RECORD = {  # the example of the reference page
+    "order_id": "abcd12345678", "order_status_id": "aabbccdd12345678", "supplier_order_id": "FD123456",
+    "order_date": "2025-12-03T09:35:23.961116+00:00", "po_number": "AB12345", "item": "Cobra DS Adapt",
+    "customer": "Tom Thomas", "supplier": "cobra puma golf", "status": "delivered", "customer_email": "tt@gmail.com",
+    "tracking_number": "12345678",
+    "tracking_url": "https://www.fedex.com/apps/fedextrack/?tracknumbers=12345678&cntry_code=US",
+    "carrier": "fedex", "delivery_date": "2025-12-09T13:05:00-08:00",
+}
 
 
 def line(n: int, status: str = "processing", day: dt.date = DAY) -> dict:

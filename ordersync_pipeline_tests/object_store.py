@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from threading import Thread
 
-from ordersync_pipeline_tests.test_analyst_database import CLIENT_VENVS
+from ordersync_pipeline_tests.support import CLIENT_VENVS
 
 REGION = "us-east-1"
 DUMMY_KEY_ID = "AKIAORDERSYNCTESTKEY"

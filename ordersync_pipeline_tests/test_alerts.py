@@ -4,7 +4,7 @@ import dagster as dg
 
 from ordersync_pipeline.orchestration.alerts import AlertNotifier, alerts_from_env, redacted_first_line
 from ordersync_pipeline.definitions import build_many_retailers_definitions
-from ordersync_pipeline_tests.test_retailers import RETAILERS, retailer_resources
+from ordersync_pipeline_tests.support import RETAILERS, retailer_resources
 
 ALERT_SETTINGS = ("ORDERSYNC_ALERT_WEBHOOK_URL", "ORDERSYNC_ALERT_SMTP_HOST", "ORDERSYNC_ALERT_SMTP_PASSWORD",
                   "ORDERSYNC_ALERT_SMTP_FROM", "ORDERSYNC_ALERT_SMTP_TO", "ORDERSYNC_ALERT_SMTP_USER")

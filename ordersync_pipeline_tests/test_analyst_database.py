@@ -10,17 +10,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline.storage.snapshots import WarehouseFileError, default_working_path
+from ordersync_pipeline_tests.support import CLIENT_VENVS, run_daily
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
-
-def run_daily(resources, day: str, instance: dg.DagsterInstance | None = None):
-    job = build_definitions(resources).resolve_job_def("daily_order_sync")
-    return job.execute_in_process(partition_key=day, instance=instance or dg.DagsterInstance.ephemeral(),
-                                  raise_on_error=False)
 
 
 def published_info(path: str) -> tuple:
@@ -239,7 +234,6 @@ def test_kill_9_at_each_point_of_publishing_leaves_the_old_or_the_new_snapshot_w
     assert files_beside(published) == ["ordersync.duckdb", "work"]
 
 
-CLIENT_VENVS = Path.home() / ".cache" / "ordersync-pipeline-tests"
 CLIENT_QUERY = """
 import duckdb, json, sys
 conn = duckdb.connect(sys.argv[1], read_only=True)

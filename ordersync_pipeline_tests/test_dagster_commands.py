@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
-from ordersync_pipeline_tests.conftest import duckdb_env
+from ordersync_pipeline_tests.support import duckdb_env
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth, expected_row, quantile
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from ordersync_pipeline.assets.order_statuses import order_status_checks, order_
 from ordersync_pipeline.settings import DEFAULT_STORE_MEMORY_LIMIT as STORE_MEMORY_LIMIT
 from ordersync_pipeline.orchestration.resources import OrderSyncWarehouse
 from ordersync_pipeline.storage.warehouse import replace_days
-from ordersync_pipeline_tests.conftest import range_tags
+from ordersync_pipeline_tests.support import range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 FIRST, LAST = dt.date(2025, 12, 1), dt.date(2025, 12, 7)

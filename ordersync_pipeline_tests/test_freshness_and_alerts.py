@@ -17,7 +17,7 @@ from aiosmtpd.smtp import AuthResult
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.browser import chromium_page
-from ordersync_pipeline_tests.conftest import duckdb_env
+from ordersync_pipeline_tests.support import duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import free_port, running_deployment
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from ordersync_pipeline.api.client import OrderSyncClient
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth, stored_rows
 
 FIRST, LAST = dt.date(2025, 12, 1), dt.date(2025, 12, 5)

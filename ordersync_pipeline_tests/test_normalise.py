@@ -9,17 +9,9 @@ import polars as pl
 import pytest
 
 from ordersync_pipeline.normalise import ORDER_STATUS_SCHEMA, TEXT_FIELDS, normalise_order_statuses
+from ordersync_pipeline_tests.lines import FETCHED, REFERENCE_RECORD
 
-FETCHED = dt.datetime(2025, 12, 10, 6, 30, tzinfo=dt.timezone.utc)
 UTC = dt.timezone.utc
-REFERENCE_RECORD = {  # the example of the reference page
-    "order_id": "abcd12345678", "order_status_id": "aabbccdd12345678", "supplier_order_id": "FD123456",
-    "order_date": "2025-12-03T09:35:23.961116+00:00", "po_number": "AB12345", "item": "Cobra DS Adapt",
-    "customer": "Tom Thomas", "supplier": "cobra puma golf", "status": "delivered", "customer_email": "tt@gmail.com",
-    "tracking_number": "12345678",
-    "tracking_url": "https://www.fedex.com/apps/fedextrack/?tracknumbers=12345678&cntry_code=US",
-    "carrier": "fedex", "delivery_date": "2025-12-09T13:05:00-08:00",
-}
 
 
 def normalise(records, **options):

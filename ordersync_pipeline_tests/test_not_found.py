@@ -15,7 +15,7 @@ from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 
 KEY = "pk_live_secret_do_not_print"
 JSON_404 = httpx.Response(404, json={"error": "PO not found"})

@@ -15,19 +15,13 @@ import pytest
 
 from ordersync_pipeline.cli import main
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
+from ordersync_pipeline_tests.support import README, ROOT, analyst_queries
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
 
 
 def readme_top_commands() -> list[str]:
     first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
     return [line for line in first_block.splitlines() if line.strip()]
-
-
-def analyst_queries() -> list[str]:
-    section = README.split("## For analysts", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sql\n(.*?)```", section, re.S)
 
 
 def test_readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_test_one():

@@ -10,8 +10,8 @@ import pytest
 from ordersync_pipeline.normalise import PII_MODES, normalise_order_statuses
 from ordersync_pipeline.api.records import RegularRecord, decode_body
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
-from ordersync_pipeline_tests.test_normalise import FETCHED, REFERENCE_RECORD
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.lines import FETCHED, REFERENCE_RECORD
 
 DAY = dt.date(2025, 12, 3)
 REGULAR_PAGE = [

@@ -4,44 +4,35 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
-from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
-from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from ordersync_pipeline.reporting.across_retailers import across_retailers_sql
-from ordersync_pipeline.definitions import ASSETS, CHECKS, build_many_retailers_definitions, definitions_from_env
+from ordersync_pipeline.definitions import (
+    ASSETS,
+    CHECKS,
+    build_definitions,
+    build_many_retailers_definitions,
+    definitions_from_env,
+)
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.settings import retailers_from_env
-from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, range_tags
+from ordersync_pipeline_tests.support import (
+    RETAILERS,
+    SIM_FIRST_DAY,
+    SIM_NOW,
+    overlapping_retailers,
+    range_tags,
+    retailer_key,
+    retailer_resources,
+)
 from ordersync_pipeline_tests.truth import assert_table_equals_truth, stored_rows
 
-RETAILERS = ("acme", "globex", "initech")
 TODAYS_ASSETS = {a.key.to_user_string() for a in ASSETS}
 TODAYS_CHECKS = {spec.name for c in CHECKS for spec in c.check_specs}
-
-
-def retailer_key(retailer: str) -> str:
-    return f"pk_test_{retailer}_key"
-
-
-def overlapping_retailers(orders_per_day: int = 10) -> dict[str, SimulatedRetailer]:
-    """API key -> retailer: different seeds, one id seed, so PO numbers and supplier order ids collide."""
-    return {retailer_key(r): SimulatedRetailer(seed=31 + i, orders_per_day=orders_per_day, id_seed=5)
-            for i, r in enumerate(RETAILERS)}
-
-
-def retailer_resources(tmp_path: Path, base_url: str, keys: dict[str, str] | None = None) -> dict[str, dict]:
-    keys = keys or {}
-    return {r: {"ordersync": OrderSyncResource(api_key=keys.get(r, retailer_key(r)), base_url=base_url),
-                "warehouse": OrderSyncWarehouse(database=str(tmp_path / r / "working.duckdb"),
-                                                analyst_database=str(tmp_path / r / "ordersync.duckdb"))}
-            for r in RETAILERS}
 
 
 @pytest.mark.parametrize("value", ["Acme", "acme,,globex", "acme;globex", "acme,acme", "acme-corp"])
@@ -104,14 +95,24 @@ def test_every_retailer_has_a_prefixed_copy_in_its_own_pool_with_its_own_jobs_an
     assert defs.resolve_sensor_def("publish_after_backfills").default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_a_backfill_of_every_retailer_is_one_run_per_retailer(tmp_path):
-    """What the daemon does with a backfill of several retailers' assets over one range (asset_backfill.py)."""
+def test_each_retailer_has_the_same_days_under_a_partitions_definition_of_its_own(tmp_path):
+    """What keeps a backfill of several retailers one run per retailer: the backfill daemon groups assets by
+    partitions definition (retailer_scope.retailer_partitions says why). The daemon's grouping itself is proven
+    through a real daemon in test_retailers_deployment.py; here, quickly, its premise through public API."""
     defs = build_many_retailers_definitions(retailer_resources(tmp_path, "http://127.0.0.1:1"))
-    wanted = [AssetKeyPartitionKey(dg.AssetKey([r, name]), day) for r in RETAILERS
-              for name in ("order_statuses", "order_status_refresh") for day in ("2025-11-01", "2025-11-02")]
-    requests = build_run_requests_with_backfill_policies(wanted, defs.resolve_asset_graph(), None)
-    assert sorted({k.path[0] for k in r.asset_selection} for r in requests) == [{r} for r in RETAILERS]
-    assert all(r.tags["dagster/asset_partition_range_start"] == "2025-11-01" for r in requests)
+    single = build_definitions({"ordersync": OrderSyncResource(api_key="k", base_url="http://127.0.0.1:1"),
+                                "warehouse": OrderSyncWarehouse(database=str(tmp_path / "w.duckdb"),
+                                                                analyst_database=str(tmp_path / "a.duckdb"))})
+    days = single.resolve_assets_def("order_statuses").partitions_def.get_partition_keys(
+        current_time=SIM_NOW)
+    by_retailer = {}
+    for retailer in RETAILERS:
+        definitions = {defs.resolve_assets_def(dg.AssetKey([retailer, name])).partitions_def
+                       for name in ("order_statuses", "order_status_refresh")}
+        assert len(definitions) == 1, retailer  # one retailer's raw assets: one run
+        (by_retailer[retailer],) = definitions
+        assert by_retailer[retailer].get_partition_keys(current_time=SIM_NOW) == days
+    assert len(set(by_retailer.values())) == len(RETAILERS)  # never grouped across retailers
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ import pytest
 
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW
 from ordersync_pipeline_tests.dagster_deployment import running_deployment
-from ordersync_pipeline_tests.test_retailers import RETAILERS, overlapping_retailers, retailer_key
-from ordersync_pipeline_tests.test_secrets_and_personal_data import duckdb_columns_containing, files_containing
+from ordersync_pipeline_tests.support import RETAILERS, overlapping_retailers, retailer_key
+from ordersync_pipeline_tests.support import duckdb_columns_containing, files_containing
 from ordersync_pipeline_tests.dagster_deployment import duckdb_step_intervals
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 

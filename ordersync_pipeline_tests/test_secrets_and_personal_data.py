@@ -17,27 +17,10 @@ from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderS
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline.storage.snapshots import default_working_path
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_columns_containing, files_containing
 
 SECRET = "pk_live_S3CRET_k3y_that_must_never_leak"
 WRONG = "pk_live_WR0NG_k3y_that_must_never_leak"
-
-
-def files_containing(folder: Path, needle: str) -> list[str]:
-    return [str(path) for path in folder.rglob("*") if path.is_file() and needle.encode() in path.read_bytes()]
-
-
-def duckdb_columns_containing(database: str, needles: list[str]) -> dict[str, list[str]]:
-    """needle -> the table.column names holding it, searching every column's values as text (the file's
-    pages may be compressed, so its raw bytes are not enough)."""
-    found: dict[str, list[str]] = {}
-    with duckdb.connect(database, read_only=True) as conn:
-        columns = conn.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal AND schema_name = 'main'").fetchall()
-        for t, c in columns:
-            for (needle,) in conn.execute(f'SELECT DISTINCT n FROM "{t}", (SELECT unnest(?::VARCHAR[]) AS n) '
-                                          f'WHERE contains(CAST("{c}" AS VARCHAR), n)', [needles]).fetchall():
-                found.setdefault(needle, []).append(f"{t}.{c}")
-    return found
 
 
 def duckdb_values_containing(database: str, needle: str) -> list[str]:

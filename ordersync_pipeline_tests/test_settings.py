@@ -15,7 +15,7 @@ from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.orchestration.resources import resources_from_env
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 
 FIRST, LAST = dt.date(2025, 12, 1), dt.date(2025, 12, 3)
 

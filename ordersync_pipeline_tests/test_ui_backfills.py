@@ -16,7 +16,7 @@ import pytest
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.conftest import SIM_FIRST_DAY, SIM_NOW, duckdb_env
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import (
     duckdb_step_intervals,
     max_overlap,

@@ -12,7 +12,7 @@ from ordersync_pipeline.definitions import build_definitions
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline.vocabulary import CLOSED_STATUSES
-from ordersync_pipeline_tests.conftest import SIM_NOW, range_tags
+from ordersync_pipeline_tests.support import SIM_NOW, range_tags
 from ordersync_pipeline_tests.truth import expected_row, stored_rows
 
 pytestmark = pytest.mark.slow

@@ -104,7 +104,7 @@ class WaitHonouringRetryAfter(tenacity.wait.wait_base):
     """
 
     def __init__(self, initial: float, maximum: float):
-        self._backoff = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._backoff = tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         backoff = self._backoff(retry_state)

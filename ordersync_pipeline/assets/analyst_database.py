@@ -46,7 +46,7 @@ def build_analyst_database(scope: RetailerScope) -> dg.AssetsDefinition:
             # The row lives in the published copy only (older working files kept a stale one).
             conn.execute("DROP TABLE IF EXISTS published_snapshot")
             try:
-                snapshot = publish(conn, warehouse.analyst_database, warehouse.storage_version, run_id=context.run_id,
+                snapshot = publish(conn, warehouse.analyst_database, warehouse.storage_version, run_id=context.run.run_id,
                                    as_of=as_of)
             except PublishError as exc:
                 raise dg.Failure(str(exc)) from None

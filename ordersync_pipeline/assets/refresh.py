@@ -57,7 +57,7 @@ class RefreshConfig(dg.Config):
 
 
 def _run_started_at(context: dg.AssetExecutionContext) -> dt.datetime | None:
-    record = context.instance.get_run_record_by_id(context.run_id)
+    record = context.instance.get_run_record_by_id(context.run.run_id)
     started = record.start_time if record is not None else None
     return dt.datetime.fromtimestamp(started, dt.timezone.utc) if started else None
 

@@ -108,7 +108,7 @@ class OrderSyncWarehouse(DuckDBResource):
         waiting = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_lock_error),
             stop=tenacity.stop_after_delay(self.lock_timeout_seconds),
-            wait=tenacity.wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5.0),
             before_sleep=_log_lock_wait,
             reraise=True,
         )
