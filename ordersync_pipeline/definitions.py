@@ -18,7 +18,7 @@ from ordersync_pipeline.assets.refresh import order_status_refresh
 from ordersync_pipeline.assets.scorecards import carrier_scorecard, supplier_scorecard
 from ordersync_pipeline.orchestration.resources import resources_from_env
 from ordersync_pipeline.deployment.retailers import FRESHNESS_WATCHED, RetailerDefinitions, build_code_location, build_retailer
-from ordersync_pipeline.settings import retailers_from_env
+from ordersync_pipeline.settings import Settings, retailers_from_env
 
 # The single retailer's module-level assets and checks (tests and the benchmark materialize them directly).
 ASSETS = [order_statuses, order_status_refresh, delivery_lead_times, open_orders, open_order_backlog, stuck_lines,
@@ -38,7 +38,8 @@ def monitoring(watched: list[dg.AssetKey]) -> list[dg.SensorDefinition]:
 def _code_location(retailers: list[RetailerDefinitions]) -> dg.Definitions:
     watched = [key for r in retailers for key in r.freshness_watched]
     return build_code_location(retailers, EXECUTOR, shared_resources={"alerts": alerts_from_env()},
-                               sensors=monitoring(watched))
+                               sensors=monitoring(watched),
+                               publish_sensor_seconds=Settings.from_env().publish_sensor_seconds)
 
 
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:

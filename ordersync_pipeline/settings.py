@@ -94,6 +94,7 @@ class Settings:
     store_memory_limit: str
     publish_url: str | None
     publish_keep: int
+    publish_sensor_seconds: int
     freshness_hours: float
     freshness_sensor_seconds: int
     alerts: AlertSettings
@@ -141,6 +142,7 @@ class Settings:
             store_memory_limit=read.store_memory_limit(memory_limit),
             publish_url=publish_url_from_env(retailer, env),
             publish_keep=read.number(PUBLISH_KEEP_SETTING, str(DEFAULT_KEEP)),
+            publish_sensor_seconds=read.number("ORDERSYNC_PUBLISH_SENSOR_SECONDS", "30"),
             freshness_hours=read.number("ORDERSYNC_FRESHNESS_HOURS", "26", float, minimum=0.001),
             freshness_sensor_seconds=read.number("ORDERSYNC_FRESHNESS_SENSOR_SECONDS", "300"),
             alerts=read.alerts(),

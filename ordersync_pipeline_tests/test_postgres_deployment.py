@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import psycopg2
@@ -64,61 +65,63 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_postgres_backed_instance_runs_a_ui_backfill(postgres, tmp_path):
-    home = tmp_path / "dagster_home"
+@pytest.fixture(scope="module")
+def deployment(postgres, tmp_path_factory):
+    """One webserver + daemon on the PostgreSQL-backed instance the product ships, shared by this module's
+    tests (each launches its own runs and looks only at those), with the simulator and the working file."""
+    folder = tmp_path_factory.mktemp("postgres_deployment")
+    home = folder / "dagster_home"
     home.mkdir()
     shutil.copyfile(POSTGRES_INSTANCE_CONFIG, home / "dagster.yaml")
-    database = str(tmp_path / "ordersync.duckdb")
-    with OrderSyncSimulator(SimulatedRetailer(seed=8, orders_per_day=40), clock=SimulatedClock(SIM_NOW),
+    database = str(folder / "ordersync.duckdb")
+    with OrderSyncSimulator(SimulatedRetailer(seed=8, orders_per_day=20), clock=SimulatedClock(SIM_NOW),
                             first_day=SIM_FIRST_DAY) as sim:
         env = {**os.environ, **postgres, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
-               **duckdb_env(database)}
-        with running_deployment(home, env) as ui:
-            backfill = ui.launch_backfill({"partitionsByAssets": [{
-                "assetKey": {"path": ["order_statuses"]},
-                "partitions": {"range": {"start": "2025-12-01", "end": "2025-12-05"}}}]})
-            assert ui.wait_for_backfill(backfill, timeout=300) == "COMPLETED_SUCCESS"
-            runs = ui.backfill_runs(backfill)
-            # The daemon's sensor then publishes the analysts' file (marts rebuilt, checks re-run).
-            published = ui.wait_for_runs(("ordersync/published_after_run", runs[0]["runId"]), count=1, timeout=180)
-            assert [r["status"] for r in published] == ["SUCCESS"]
-        for path in duckdb_env(database).values():  # the working file and the published one
-            assert_table_equals_truth(path, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
-
-    with psycopg2.connect(host="127.0.0.1", port=postgres["DAGSTER_PG_PORT"], user="postgres", dbname="dagster") as pg:
-        with pg.cursor() as cursor:
-            cursor.execute("SELECT run_id, status FROM runs")
-            stored_runs = dict(cursor.fetchall())
-            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
-                           "AND asset_key = '[\"order_statuses\"]'")
-            materializations = cursor.fetchone()[0]
-    assert {r["runId"] for r in runs} <= stored_runs.keys() and set(stored_runs.values()) == {"SUCCESS"}
-    assert materializations == 5  # one per partition of the range
-    assert not list(home.rglob("runs.db")), "run storage must be Postgres, not SQLite under DAGSTER_HOME"
-
-
-def test_the_shipped_pool_limit_keeps_duckdb_steps_of_many_runs_apart_on_postgres(postgres, tmp_path, monkeypatch):
-    """PostgreSQL takes Dagster's row locks for real (SQLite ignores them: see test_ui_backfills), so here the
-    shipped limit must hold exactly: many runs in flight, not one overlap of their DuckDB steps."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(POSTGRES_INSTANCE_CONFIG, home / "dagster.yaml")
-    database = str(tmp_path / "ordersync.duckdb")
-    for name, value in postgres.items():
-        monkeypatch.setenv(name, value)
-    runs_launched = 8
-    with OrderSyncSimulator(SimulatedRetailer(seed=9, orders_per_day=20), clock=SimulatedClock(SIM_NOW),
-                            first_day=dt.date(2025, 11, 20)) as sim:
-        env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_BASE_URL": sim.base_url,
                **duckdb_env(database), "ORDERSYNC_LOOKBACK_DAYS": "1"}
         with running_deployment(home, env) as ui:
-            for offset in range(runs_launched):
-                ui.launch_partition_run("daily_order_sync", str(dt.date(2025, 11, 20) + dt.timedelta(days=offset)),
-                                        {"test": "pool-limit"})
-            runs = ui.wait_for_runs(("test", "pool-limit"), count=runs_launched, timeout=900)
+            yield SimpleNamespace(ui=ui, sim=sim, home=home, database=database)
+
+
+def test_postgres_backed_instance_runs_a_ui_backfill(deployment, postgres):
+    ui, sim = deployment.ui, deployment.sim
+    backfill = ui.launch_backfill({"partitionsByAssets": [{
+        "assetKey": {"path": ["order_statuses"]},
+        "partitions": {"range": {"start": "2025-12-01", "end": "2025-12-05"}}}]})
+    assert ui.wait_for_backfill(backfill, timeout=300) == "COMPLETED_SUCCESS"
+    runs = ui.backfill_runs(backfill)
+    # The daemon's sensor then publishes the analysts' file (marts rebuilt, checks re-run).
+    published = ui.wait_for_runs(("ordersync/published_after_run", runs[0]["runId"]), count=1, timeout=180)
+    assert [r["status"] for r in published] == ["SUCCESS"]
+    for path in duckdb_env(deployment.database).values():  # the working file and the published one
+        assert_table_equals_truth(path, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
+
+    run_ids = [r["runId"] for r in runs + published]
+    with psycopg2.connect(host="127.0.0.1", port=postgres["DAGSTER_PG_PORT"], user="postgres", dbname="dagster") as pg:
+        with pg.cursor() as cursor:
+            cursor.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,))
+            stored_runs = dict(cursor.fetchall())
+            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                           "AND asset_key = '[\"order_statuses\"]' AND run_id = %s", (runs[0]["runId"],))
+            materializations = cursor.fetchone()[0]
+    assert stored_runs.keys() == set(run_ids) and set(stored_runs.values()) == {"SUCCESS"}
+    assert materializations == 5  # one per partition of the range
+    assert not list(deployment.home.rglob("runs.db")), "run storage must be Postgres, not SQLite under DAGSTER_HOME"
+
+
+def test_the_shipped_pool_limit_keeps_duckdb_steps_of_many_runs_apart_on_postgres(deployment, postgres, monkeypatch):
+    """PostgreSQL takes Dagster's row locks for real (SQLite ignores them: see test_ui_backfills), so here the
+    shipped limit must hold exactly: many runs in flight, not one overlap of their DuckDB steps."""
+    for name, value in postgres.items():
+        monkeypatch.setenv(name, value)
+    # More than the instance runs at a time (4): runs queue, several are in flight and wait at the pool.
+    runs_launched = 6
+    for offset in range(runs_launched):
+        deployment.ui.launch_partition_run("daily_order_sync", str(dt.date(2025, 11, 20) + dt.timedelta(days=offset)),
+                                           {"test": "pool-limit"})
+    runs = deployment.ui.wait_for_runs(("test", "pool-limit"), count=runs_launched, timeout=900)
     assert [r["status"] for r in runs] == ["SUCCESS"] * runs_launched
     assert max_overlap(runs) > 1, "the test needs runs in flight at once"
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = dg.DagsterInstance.from_config(str(deployment.home))
     run_ids = [r["runId"] for r in runs]
     steps = duckdb_step_intervals(instance, run_ids)
     assert len(steps) >= runs_launched * 4

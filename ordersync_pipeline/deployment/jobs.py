@@ -1,9 +1,9 @@
 """What runs when, for one retailer's scope: `daily_order_sync` every morning, and publishing the analysts'
 file after other runs (a backfill from the UI or the CLI).
 
-`build_jobs(scope)` names the jobs as the scope says (`daily_order_sync`, `daily_order_sync_acme`); the
-module-level jobs are the single-retailer deployment's. What this module does not know: how assets are
-built (assets/, retailer_scope.py) or how a code location is put together (retailers.py, definitions.py).
+`build_jobs(scope)` names the jobs as the scope says (`daily_order_sync`, `daily_order_sync_acme`). What this
+module does not know: how assets are built (assets/, retailer_scope.py) or how a code location is put
+together (retailers.py, definitions.py).
 """
 
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
+from ordersync_pipeline.orchestration.retailer_scope import RetailerScope
 
 # What each job materializes, by asset name (each retailer's keys are these under its prefix).
 RAW_ASSET_NAMES = ("order_statuses", "order_status_refresh")  # what a backfill writes without publishing
@@ -72,9 +72,10 @@ def publish_request(context: dg.RunStatusSensorContext, *, publishing_jobs: set[
                          tags={"ordersync/published_after_run": run.run_id})
 
 
-def publish_after_backfills_sensor(all_jobs: list[ScopeJobs]) -> dg.SensorDefinition:
+def publish_after_backfills_sensor(all_jobs: list[ScopeJobs], interval_seconds: int) -> dg.SensorDefinition:
     """One sensor for the code location: after a run that wrote a scope's raw tables without publishing,
-    publish that scope's analysts' file (each retailer's whose tables the run wrote)."""
+    publish that scope's analysts' file (each retailer's whose tables the run wrote). It looks every
+    `interval_seconds` (ORDERSYNC_PUBLISH_SENSOR_SECONDS)."""
     many = any(jobs.scope.retailer for jobs in all_jobs)
 
     @dg.run_status_sensor(
@@ -82,6 +83,7 @@ def publish_after_backfills_sensor(all_jobs: list[ScopeJobs]) -> dg.SensorDefini
         run_status=dg.DagsterRunStatus.SUCCESS,
         request_jobs=[jobs.publish for jobs in all_jobs],
         default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_seconds,
         description="After a successful run that wrote order_statuses without publishing (a backfill from the UI or "
                     "the CLI), publish the analysts' file" + (" of each retailer it wrote." if many else "."),
     )
@@ -102,8 +104,3 @@ def publish_after_backfills_sensor(all_jobs: list[ScopeJobs]) -> dg.SensorDefini
 
     return publish_after_backfills
 
-
-_SINGLE = build_jobs(SINGLE_RETAILER)
-daily_order_sync, publish_analyst_database = _SINGLE.daily, _SINGLE.publish
-daily_order_sync_schedule = _SINGLE.schedule
-publish_after_backfills = publish_after_backfills_sensor([_SINGLE])

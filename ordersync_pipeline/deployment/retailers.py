@@ -60,7 +60,7 @@ def build_retailer(retailer: str | None, resources: dict[str, dg.ConfigurableRes
 
 def build_code_location(retailers: list[RetailerDefinitions], executor: dg.ExecutorDefinition,
                         shared_resources: dict[str, dg.ConfigurableResource],
-                        sensors: list[dg.SensorDefinition]) -> dg.Definitions:
+                        sensors: list[dg.SensorDefinition], publish_sensor_seconds: int) -> dg.Definitions:
     """Every retailer's definitions, the publish-after-backfills sensor over all of them, and `sensors` and
     `shared_resources` (the alerts) once for all."""
     return dg.Definitions(
@@ -68,7 +68,7 @@ def build_code_location(retailers: list[RetailerDefinitions], executor: dg.Execu
         asset_checks=[c for r in retailers for c in r.checks],
         jobs=[job for r in retailers for job in (r.jobs.daily, r.jobs.publish)],
         schedules=[r.jobs.schedule for r in retailers],
-        sensors=[publish_after_backfills_sensor([r.jobs for r in retailers]), *sensors],
+        sensors=[publish_after_backfills_sensor([r.jobs for r in retailers], publish_sensor_seconds), *sensors],
         resources={**shared_resources, **{k: v for r in retailers for k, v in r.resources.items()}},
         executor=executor,
     )
