@@ -1,9 +1,12 @@
 """Shared fixtures: an embedded simulator with a fixed clock, and resources pointed at it."""
 
 import datetime as dt
+from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
+from filelock import FileLock
 
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.storage.warehouse import ensure_schema
@@ -64,15 +67,33 @@ def resources(simulator, database, published):
 
 
 @pytest.fixture(scope="session")
-def observed_history(tmp_path_factory):
+def observed_history(tmp_path_factory, worker_id):
     """Files as a team has them after a backfill and a week of mornings: statuses observed moving day by day,
     a backlog over 8 days, stuck lines, transit brackets, backorders, sloppy status spellings.
-    Returns (working file, published file, the last daily run's result)."""
+    Returns (working file, published file, the Dagster instance the runs recorded to). Built once per test
+    session, whichever pytest-xdist worker asks first; the others wait for it and then only read it."""
+    if worker_id == "master":  # not under xdist (-n 0)
+        return _build_observed_history(tmp_path_factory.mktemp("history"))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, shared by its workers
+    folder = shared / "observed_history"
+    with FileLock(str(shared / "observed_history.lock")):
+        if not (folder / "built").exists():
+            folder.mkdir(exist_ok=True)
+            _build_observed_history(folder)
+            (folder / "built").touch()
+    return _observed_history_files(folder)
+
+
+def _observed_history_files(folder: Path) -> tuple[str, str, dg.DagsterInstance]:
+    working = str(folder / "ordersync.duckdb")
+    return working, duckdb_env(working)["ORDERSYNC_DUCKDB_PATH"], dg.DagsterInstance.from_config(str(folder / "dagster_home"))
+
+
+def _build_observed_history(folder: Path) -> tuple[str, str, dg.DagsterInstance]:
     from ordersync_pipeline.definitions import build_definitions
 
-    folder = tmp_path_factory.mktemp("history")
-    working = str(folder / "ordersync.duckdb")
-    published = duckdb_env(working)["ORDERSYNC_DUCKDB_PATH"]
+    (folder / "dagster_home").mkdir()
+    working, published, instance = _observed_history_files(folder)
     first_day = HISTORY_FIRST_DAY
     retailer = SimulatedRetailer(seed=5, orders_per_day=40, messy_every=10)
     with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=first_day - dt.timedelta(days=20)) as sim:
@@ -80,13 +101,12 @@ def observed_history(tmp_path_factory):
                                   "warehouse": OrderSyncWarehouse(database=working, analyst_database=published)})
         job = defs.resolve_job_def("daily_order_sync")
         day = SIM_NOW.date() - dt.timedelta(days=1)
-        assert job.execute_in_process(tags=range_tags(str(first_day), str(day))).success
+        assert job.execute_in_process(tags=range_tags(str(first_day), str(day)), instance=instance).success
         for _ in range(HISTORY_MORNINGS):  # the backlog and the stuck clock need mornings observed on time
             sim.clock.advance(days=1)
             day += dt.timedelta(days=1)
-            last_run = job.execute_in_process(partition_key=str(day))
-            assert last_run.success
-    return working, published, last_run
+            assert job.execute_in_process(partition_key=str(day), instance=instance).success
+    return working, published, instance
 
 
 HISTORY_FIRST_DAY = dt.date(2025, 10, 27)

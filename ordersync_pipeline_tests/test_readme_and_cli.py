@@ -308,56 +308,6 @@ def test_lookup_with_a_wrong_key_is_a_clear_error(simulator, capsys, monkeypatch
     assert "refused the API key" in err and "pk_live_wrong_key_123" not in err
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
-@pytest.mark.slow
-def test_demo_ui_serves_the_dagster_ui_and_stops_everything_it_started(tmp_path):
-    import signal
-    import time
-
-    from ordersync_pipeline_tests.dagster_deployment import Deployment, free_port, wait_until_serving
-
-    port = str(free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERSYNC_", "DAGSTER_"))}
-    log = tmp_path / "demo.log"
-    with log.open("w") as output:
-        demo = subprocess.Popen([sys.executable, "-m", "ordersync_pipeline.cli", "demo", "--ui", "--port", port],
-                                cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}", demo, log, timeout=240)
-        assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
-        # It opens with the demo's history: its 7 runs, and every day since the first loaded one materialized.
-        ui = Deployment(f"http://127.0.0.1:{port}", tmp_path)
-        ui.wait_until_code_loaded()
-        stats = ui.graphql("""{ assetNodes(assetKeys: [{path: ["order_statuses"]}]) {
-            partitionKeys partitionStats { numMaterialized numPartitions } } }""")["assetNodes"][0]
-        assert stats["partitionStats"] == {"numMaterialized": 14, "numPartitions": 14}
-        today = dt.datetime.now(dt.timezone.utc).date()
-        assert stats["partitionKeys"][0] == (today - dt.timedelta(days=14)).isoformat()
-        runs = ui.graphql("""{ runsOrError(filter: {pipelineName: "daily_order_sync", statuses: [SUCCESS]}) {
-            ... on Runs { results { runId } } } }""")["runsOrError"]["results"]
-        assert len(runs) == 7
-        assert _processes_mentioning(port)  # dagster dev and its webserver
-        demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while _processes_mentioning(port) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert _processes_mentioning(port) == []
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-
-
 def test_every_way_of_starting_the_ui_names_one_code_location():
     import tomllib
 

@@ -1,8 +1,10 @@
-"""`ordersync demo --ui` clicked through in Chromium as a person would: the raw table's described columns,
-the demo's history already materialized, an "All" backfill (a re-load of every day) from the Materialize dialog, its completion on the backfills page, the days on the
-Partitions tab, the lead-time chart on the mart's page after the publish sensor rebuilt it; then nothing the
-demo started is left running."""
+"""`ordersync demo --ui` (the README's first command with --ui) clicked through in Chromium as a person would:
+its instance and the demo's history (7 mornings' runs, every day materialized), the raw table's described
+columns, an "All" backfill (a re-load of every day) from the Materialize dialog, its completion on the
+backfills page, the days on the Partitions tab, the lead-time chart on the mart's page after the publish sensor
+rebuilt it; then Ctrl-C leaves nothing the demo started running."""
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ordersync_pipeline_tests.browser import chromium_page
-from ordersync_pipeline_tests.dagster_deployment import QUICK_DAEMON_ENV, free_port, wait_until_serving
+from ordersync_pipeline_tests.dagster_deployment import QUICK_DAEMON_ENV, Deployment, free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +100,19 @@ def test_a_person_backfills_in_the_demo_ui_sees_the_days_and_the_chart_and_stopp
                                 stderr=subprocess.STDOUT, start_new_session=True)
     started: dict[int, tuple[int, str]] = {}
     try:
-        wait_until_serving(url, demo, log, timeout=180)
+        wait_until_serving(url, demo, log, timeout=240)
+        assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
+        # It opens with the demo's history: its 7 mornings' runs, every day since the first loaded one materialized.
+        ui = Deployment(url, tmp_path)
+        ui.wait_until_code_loaded()
+        stats = ui.graphql("""{ assetNodes(assetKeys: [{path: ["order_statuses"]}]) {
+            partitionKeys partitionStats { numMaterialized numPartitions } } }""")["assetNodes"][0]
+        assert stats["partitionStats"] == {"numMaterialized": BACKFILL_DAYS, "numPartitions": BACKFILL_DAYS}
+        today = dt.datetime.now(dt.timezone.utc).date()
+        assert stats["partitionKeys"][0] == (today - dt.timedelta(days=BACKFILL_DAYS)).isoformat()
+        mornings = ui.graphql("""{ runsOrError(filter: {pipelineName: "daily_order_sync", statuses: [SUCCESS]}) {
+            ... on Runs { results { runId } } } }""")["runsOrError"]["results"]
+        assert len(mornings) == 7
         with chromium_page(tmp_path / "screenshots") as steps:
             page = steps.page
             page.goto(f"{url}/assets/order_statuses")
