@@ -9,7 +9,7 @@ import pytest
 from filelock import FileLock
 
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
-from ordersync_pipeline.storage.warehouse import ensure_schema
+from ordersync_pipeline.storage.schema import ensure_schema
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags

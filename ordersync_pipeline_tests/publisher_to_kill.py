@@ -14,7 +14,7 @@ import duckdb
 
 from ordersync_pipeline.storage import snapshots
 from ordersync_pipeline.storage.snapshots import DEFAULT_STORAGE_VERSION, publish, storage_config
-from ordersync_pipeline.storage.warehouse import ensure_schema
+from ordersync_pipeline.storage.schema import ensure_schema
 
 ROWS = 300_000
 POINTS = ("before-copy", "mid-copy", "before-rename", "after-rename", "none")

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.storage.snapshots import DEFAULT_STORAGE_VERSION, PublishError, publish, storage_config
-from ordersync_pipeline.storage.warehouse import ensure_schema
+from ordersync_pipeline.storage.schema import ensure_schema
 
 
 def working_file(path: Path, rows: int) -> duckdb.DuckDBPyConnection:

@@ -6,7 +6,8 @@ import sys
 import duckdb
 
 from ordersync_pipeline.normalise import normalise_order_statuses
-from ordersync_pipeline.storage.warehouse import DayLoad, ensure_schema, replace_days
+from ordersync_pipeline.storage.schema import ensure_schema
+from ordersync_pipeline.storage.warehouse import DayLoad, replace_days
 
 DAY = dt.date(2025, 12, 3)
 VERSIONS = {  # fetched_at hour -> (lines, status): each version of the day is recognisable

@@ -20,7 +20,7 @@ from ordersync_pipeline.vocabulary import (
     age_bucket_sql,
     status_key_sql,
 )
-from ordersync_pipeline.storage.warehouse import apply_comments, transaction
+from ordersync_pipeline.storage.schema import apply_comments, transaction
 
 # What every mart shares besides what RetailerScope.asset gives every asset (partitions, pool, single-run
 # backfills): rebuilt from the raw tables, in the group "marts".

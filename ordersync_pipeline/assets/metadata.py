@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from ordersync_pipeline.storage.warehouse import COMMENTS, SCHEMA_SQL, apply_comments
+from ordersync_pipeline.storage.schema import COMMENTS, SCHEMA_SQL, apply_comments
 
 
 def table_metadata(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, object]:
@@ -42,7 +42,7 @@ def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema
 
 @functools.cache
 def raw_table_column_schema(table: str) -> dg.TableSchema:
-    """The column schema of one of warehouse.py's raw tables, from its CREATE TABLE and COMMENTs run in an
+    """The column schema of one of schema.py's raw tables, from its CREATE TABLE and COMMENTs run in an
     in-memory DuckDB, for an asset's definition: the same on every partition, it need not travel in each.
     Runs when the code location loads (~50 ms), so only this table's comments are applied."""
     with duckdb.connect() as conn:

@@ -16,7 +16,8 @@ from ordersync_pipeline.orchestration.partitions import partition_days
 from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.sync import refresh_open_lines_before, store_days
-from ordersync_pipeline.storage.warehouse import ArrowStream, apply_comments
+from ordersync_pipeline.storage.schema import apply_comments
+from ordersync_pipeline.storage.warehouse import ArrowStream
 
 REFRESH_LOG_SQL = """
 CREATE TABLE IF NOT EXISTS order_status_refreshes (

@@ -35,7 +35,8 @@ from ordersync_pipeline.storage.snapshots import (
     is_corruption_error,
     storage_config,
 )
-from ordersync_pipeline.storage.warehouse import ensure_schema, explain_lock_error, lock_holder, sql_string
+from ordersync_pipeline.storage.schema import ensure_schema, sql_string
+from ordersync_pipeline.storage.warehouse import explain_lock_error, lock_holder
 
 
 class OrderSyncResource(dg.ConfigurableResource):

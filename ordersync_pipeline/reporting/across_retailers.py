@@ -8,7 +8,7 @@ as the tables, over every retailer. Read-only ATTACHes never block publishing (i
 """
 
 from ordersync_pipeline.settings import Settings, retailers_from_env
-from ordersync_pipeline.storage.warehouse import sql_identifier, sql_string
+from ordersync_pipeline.storage.schema import sql_identifier, sql_string
 
 # The tables analysts compare most; any other table of the published files can be added.
 COMPARED_TABLES = ("order_statuses", "delivery_lead_times", "open_orders", "open_order_backlog", "stuck_lines",

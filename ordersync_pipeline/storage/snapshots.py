@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from ordersync_pipeline.storage.warehouse import apply_comments, sql_identifier, sql_string
+from ordersync_pipeline.storage.schema import apply_comments, sql_identifier, sql_string
 
 # Files are written in this storage format unless configured otherwise: DuckDB 1.4 (LTS), 1.5 and 2.0
 # clients all read it, while DBeaver, the DuckDB CLI and BI tools often ship an older DuckDB than ours.
