@@ -18,8 +18,8 @@ from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env,
 # The modules that start a whole Dagster deployment take most of the suite's time (the UI backfill with 30 runs
 # ~9 of ~22 minutes when run one test at a time). Collected first, pytest-xdist's workers (pyproject's addopts)
 # start them at once and share the other modules around them.
-LONGEST_FIRST = ("test_ui_backfills.py", "test_retailers_deployment.py", "test_postgres_deployment.py",
-                 "test_ui_in_browser.py")
+LONGEST_FIRST = ("test_ui_backfills.py", "test_postgres_deployment.py", "test_ui_in_browser.py",
+                 "test_freshness_and_alerts.py", "test_retailers_deployment.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
