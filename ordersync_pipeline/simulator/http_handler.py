@@ -11,13 +11,33 @@ import json
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ordersync_pipeline.simulator.server import OrderSyncSimulator
+from typing import Any, Protocol
 
 _MAX_LIMIT = 100
 _MAX_PO_NUMBERS = 100
+
+
+class SimulatedApi(Protocol):
+    """What the handler asks of the simulator (server.OrderSyncSimulator is one; it imports this module, so
+    this module names what it needs instead of importing it back)."""
+
+    api_key: str
+    clock: Any  # .now() -> the simulator's UTC datetime
+    faults: Any  # server.Faults
+    not_found_style: str
+    retailers_by_key: dict[str, SimulatedApi]
+    encoded_pages: dict[tuple[str, str, dt.datetime], bytes] | None
+
+    def count(self, endpoint: str) -> None: ...
+    def answered(self) -> None: ...
+    def draw_fault(self) -> str | None: ...
+    def draw_error_status(self) -> int: ...
+    def draw_drift(self, day: dt.date) -> bool: ...
+    def draw_late_line_count(self) -> int: ...
+    def insert_late_lines(self, day: dt.date, count: int) -> None: ...
+    def served_page(self, first: dt.date, last: dt.date, offset: int, limit: int) -> tuple[list[dict], int]: ...
+    def records_for_po(self, po_number: str) -> list[dict]: ...
+    def records_for_supplier_order(self, supplier_order_id: str) -> list[dict]: ...
 
 
 def _envelope(records: list[dict], *, page: int = 1, limit: int | None = None, total: int | None = None) -> dict:
@@ -53,7 +73,7 @@ def _parse_int(value: str | None, name: str, default: int, low: int, high: int) 
     return number
 
 
-def make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
+def make_handler(sim: SimulatedApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real API behind a load balancer
         disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms ACK stalls
@@ -91,13 +111,13 @@ def make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             if fault == "rate_limited":
                 return self._send_error(429, "rate limit exceeded", {"Retry-After": f"{sim.faults.retry_after_seconds:g}"})
             if fault == "server_error":
-                return self._send_error(sim._fault_rng.choice((500, 502, 503)), "upstream unavailable")
+                return self._send_error(sim.draw_error_status(), "upstream unavailable")
             if fault == "slow":
                 time.sleep(sim.faults.slow_seconds)
             feed = sim.retailers_by_key.get(self.headers.get("X-API-Key") or "")
             if feed is None:
                 return self._send_error(401, "Invalid or missing API key")
-            pages = sim._encoded_pages
+            pages = sim.encoded_pages
             page_key = (feed.api_key, url.query, sim.clock.now())  # each key its own retailer's pages
             if pages is not None and method == "GET" and url.path == "/api/v1/orders/by-date" and page_key in pages:
                 return self._send(200, pages[page_key], truncate=fault == "truncated")
@@ -117,7 +137,7 @@ def make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                     return name
             return "unknown"
 
-        def _route(self, feed: OrderSyncSimulator, method: str, path: str, query: dict[str, list[str]],
+        def _route(self, feed: SimulatedApi, method: str, path: str, query: dict[str, list[str]],
                    body: bytes) -> dict:
             one = {key: values[0] for key, values in query.items()}
             if method == "GET" and path == "/api/v1/orders/by-date":
@@ -134,7 +154,7 @@ def make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
                     return _envelope(records)
             raise _ApiError(404, f"no such endpoint: {method} {path}")
 
-        def _by_date(self, feed: OrderSyncSimulator, query: dict[str, str]) -> dict:
+        def _by_date(self, feed: SimulatedApi, query: dict[str, str]) -> dict:
             start = _parse_date(query.get("start_date"), "start_date")
             end = _parse_date(query["end_date"], "end_date") if "end_date" in query else start
             if end < start:
@@ -142,11 +162,11 @@ def make_handler(sim: OrderSyncSimulator) -> type[BaseHTTPRequestHandler]:
             page = _parse_int(query.get("page"), "page", 1, 1, 10**9)
             limit = _parse_int(query.get("limit"), "limit", 50, 1, _MAX_LIMIT)
             if page > 1 and sim.faults.paging_drift and feed.draw_drift(start):
-                feed.insert_late_lines(start, sim._fault_rng.randint(1, 3))
+                feed.insert_late_lines(start, sim.draw_late_line_count())
             records, total = feed.served_page(start, end, (page - 1) * limit, limit)
             return _envelope(records, page=page, limit=limit, total=total + sim.faults.total_offset)
 
-        def _by_po_numbers(self, feed: OrderSyncSimulator, body: bytes) -> dict:
+        def _by_po_numbers(self, feed: SimulatedApi, body: bytes) -> dict:
             try:
                 po_numbers = json.loads(body)["po_numbers"]
             except (ValueError, KeyError, TypeError):

@@ -112,14 +112,14 @@ class OrderSyncSimulator:
         # Benchmarks: each by-date page is encoded once and then served as stored bytes, so the simulator's own
         # JSON encoding does not set the speed limit the client is measured against. Needs data that does not
         # change between requests: a fixed clock and no record faults.
-        self._encoded_pages: dict[tuple[str, str, dt.datetime], bytes] | None = None
+        self.encoded_pages: dict[tuple[str, str, dt.datetime], bytes] | None = None
         if pre_encoded:
             f = self.faults
             if f.paging_drift or f.corrupt_every or f.extra_field_every or f.total_offset:
                 raise ValueError("pre_encoded pages need data that holds still: switch off paging_drift, "
                                  "corrupt_every, extra_field_every and total_offset")
             self.clock = SimulatedClock(self.clock.now())
-            self._encoded_pages = {}
+            self.encoded_pages = {}
         self.requests: Counter[str] = Counter()  # endpoint name -> requests answered (faults included)
         self.drift_events: Counter[dt.date] = Counter()  # day -> times late lines were inserted while paging
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival (faults included)
@@ -272,6 +272,16 @@ class OrderSyncSimulator:
                 return name
             roll -= rate
         return None
+
+    def draw_error_status(self) -> int:
+        """The status of a server_error fault: 500, 502 or 503."""
+        with self._lock:
+            return self._fault_rng.choice((500, 502, 503))
+
+    def draw_late_line_count(self) -> int:
+        """How many late lines one paging-drift event inserts: 1 to 3."""
+        with self._lock:
+            return self._fault_rng.randint(1, 3)
 
     def draw_drift(self, day: dt.date) -> bool:
         """Whether late lines arrive for `day` now (at most paging_drift_events_per_day times)."""
