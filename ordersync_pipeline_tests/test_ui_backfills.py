@@ -37,6 +37,7 @@ def days(first: dt.date, count: int) -> list[str]:
 # queue, several are in flight, wait at the pool and publish one after another. 30 runs proved nothing 8 do not
 # (each run meets the same 3 others), at four times the minutes.
 SEPARATE_RUNS = 8
+RACE_BOUND = 4  # overlapping step pairs (or lock waits) the SQLite race below may cause
 
 
 def ask(analyst: subprocess.Popen, command: str) -> dict:
@@ -125,11 +126,12 @@ def test_ui_backfill_and_separate_runs_complete_without_lock_failures_while_an_a
         overlapping = overlapping_steps(steps)
         with duckdb.connect(database, read_only=True) as conn:
             assert conn.execute("SELECT count(*) FROM order_status_refreshes").fetchall()[0][0] == SEPARATE_RUNS
-    # Bounded: the race below overlapped 2 of 262 steps on a quiet machine and 7 pairs in 30 runs with the
-    # suite's other worker busy (December 2026). A pool limit above 1, or no pool, lets most of the runs'
-    # DuckDB steps overlap and fails here instead of passing as "expected".
-    assert len(overlapping) <= len(runs) // 3, f"{len(overlapping)} overlaps of DuckDB steps of different runs: {overlapping[:3]}"
-    assert len(set(lock_waits)) <= len(runs) // 3, lock_waits
+    # Bounded: the race below overlapped 2 of 262 steps on a quiet machine, 7 pairs in 30 runs with the suite's
+    # other worker busy, and none in 5 suites of 8-10 runs (December 2026). A pool limit above 1, or no pool,
+    # lets most of the runs' 18 DuckDB steps each overlap (dozens of pairs) and fails here instead of passing
+    # as "expected"; the bound is absolute so a rare race in a few runs does not fail the suite.
+    assert len(overlapping) <= RACE_BOUND, f"{len(overlapping)} overlaps of DuckDB steps of different runs: {overlapping[:3]}"
+    assert len(set(lock_waits)) <= RACE_BOUND, lock_waits
     if overlapping or lock_waits:
         # Seen in 2 of 262 steps (November 2026), more often on a loaded machine: Dagster 1.13's SQL storage claims
         # a slot with SELECT ... FOR UPDATE SKIP LOCKED and an UPDATE by id alone, and SQLite ignores the row lock,
