@@ -4,6 +4,7 @@ Prints figures; asserts nothing. runner.py calls these after the ingest figures.
 """
 
 import datetime as dt
+import logging
 import os
 import statistics
 import tempfile
@@ -118,6 +119,8 @@ def upload_benchmark(published: str, lines: int, repeat: int) -> None:
         return
     from ordersync_pipeline.storage.object_storage import upload_snapshot
 
+    # moto serves through werkzeug, which logs every request on stderr even with verbose=False.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
