@@ -1,4 +1,5 @@
-"""The reference page's example record, synthetic order lines and day loads for the normalise and warehouse tests (the `conn` fixture in conftest stores them)."""
+"""The reference page's example record, synthetic order lines and day loads for the normalise and warehouse
+tests (the `conn` fixture in conftest stores them)."""
 
 import datetime as dt
 

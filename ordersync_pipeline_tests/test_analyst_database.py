@@ -17,7 +17,6 @@ from ordersync_pipeline_tests.support import CLIENT_VENVS, run_daily
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 
-
 def published_info(path: str) -> tuple:
     with duckdb.connect(path, read_only=True) as conn:
         return conn.execute("SELECT published_at, dagster_run_id, as_of_day, order_lines FROM published_snapshot"

@@ -17,8 +17,7 @@ from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderS
 from ordersync_pipeline.settings import Settings
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.support import SIM_NOW, duckdb_env, range_tags
-from ordersync_pipeline_tests.support import analyst_queries
+from ordersync_pipeline_tests.support import SIM_NOW, analyst_queries, duckdb_env, range_tags
 from ordersync_pipeline_tests.truth import expected_row, quantile
 
 FIRST_DAY = dt.date(2025, 11, 26)

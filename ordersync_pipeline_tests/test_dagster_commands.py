@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
-from ordersync_pipeline_tests.support import duckdb_env
+from ordersync_pipeline_tests.support import README, ROOT, duckdb_env
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
 
 pytestmark = pytest.mark.slow
@@ -59,9 +59,6 @@ def test_daily_job_command(simulator, database):
 
 
 # -- dg (dagster-dg-cli): the README's commands, as it gives them, run in the repository root -------------
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-
 
 def readme_dg_command(start: str) -> list[str]:
     """The README's `dg` command line beginning with `start`, split as a shell would (no quoting used)."""

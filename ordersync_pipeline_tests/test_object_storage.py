@@ -23,8 +23,7 @@ from ordersync_pipeline.storage.object_storage import UploadError, PublishSettin
 from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse, resources_from_env
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.object_store import RemoteAnalyst, S3Server
-from ordersync_pipeline_tests.support import run_daily
-from ordersync_pipeline_tests.support import files_containing
+from ordersync_pipeline_tests.support import files_containing, run_daily
 
 BUCKET = "analytics"
 URL = f"s3://{BUCKET}/acme/ordersync.duckdb"

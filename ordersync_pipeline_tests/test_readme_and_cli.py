@@ -18,7 +18,6 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline_tests.support import README, ROOT, analyst_queries
 
 
-
 def readme_top_commands() -> list[str]:
     first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
     return [line for line in first_block.splitlines() if line.strip()]
