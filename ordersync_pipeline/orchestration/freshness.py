@@ -30,6 +30,10 @@ SENSOR_NAME = "freshness_of_published_data"
 # goes stale with it, seconds apart, and its check shows that in the UI).
 ALERTED = "analyst_database"
 _POLICY_MINIMUM = dt.timedelta(minutes=1)  # Dagster's own floor for a time-window policy
+# Dagster's SQLite event log stamps a stored check result in whole seconds: one reported in the same second as the
+# materialization it judges counts as older than it, and the UI then shows no result for that materialization.
+# The sensor leaves a materialization younger than this to its next tick (the run's own check judges it first).
+_SETTLE_SECONDS = 1.0
 
 
 def freshness_window() -> dt.timedelta:
@@ -96,13 +100,14 @@ def freshness_sensor(asset_keys: list[dg.AssetKey]) -> dg.SensorDefinition:
         # materialization that went stale too) is reported again, the same one never twice.
         seen = json.loads(context.cursor) if context.cursor else {}
         events = []
+        now = time.time()
         for key in asset_keys:
-            passed, description, metadata = evaluate(context.instance, key, window)
+            passed, description, metadata = evaluate(context.instance, key, window, now)
             if "last_updated" not in metadata:
                 continue  # never materialized: a new deployment, not a stale one (its runs' checks say so)
             updated = metadata["last_updated"].value
             name = key.to_user_string()
-            if seen.get(name) == [passed, updated]:
+            if seen.get(name) == [passed, updated] or now - updated < _SETTLE_SECONDS:
                 continue
             seen[name] = [passed, updated]
             events.append(dg.AssetCheckEvaluation(asset_key=key, check_name=FRESHNESS_CHECK_NAME, passed=passed,
