@@ -27,9 +27,10 @@ from ordersync_pipeline.storage.warehouse import DayLoad
 PROGRESS_LOG_SECONDS = 5.0
 # While storing, DuckDB checkpoints (writes the WAL's changes into the file) whenever the WAL passes this size.
 # At its default of 16MB a year's range checkpointed every ~2 transactions, each rewriting the table's last,
-# growing row group and the history rows just updated: 14 of its 16 s of DuckDB CPU at 365 days, growing with
-# the range. 64MB: ~8 s (replaying the stored year, best of 2; 32MB gave ~9, 128MB ~9.5). A crash replays the
-# WAL on the next open, so a day is still all old or all new; the file is checkpointed when the run ends.
+# growing row group and the history rows just updated: storing the year took 12-16 s of CPU, 6.7 s with no
+# automatic checkpoint, and its later days cost more than its first. 64MB: ~8 s (replaying the stored year;
+# 32MB gave ~9, 128MB ~9.5; docs/benchmark.md). A crash replays the WAL on the next open, so a day is still all
+# old or all new; the file is checkpointed when the run ends.
 STORE_CHECKPOINT_THRESHOLD = "64MB"
 
 
