@@ -104,14 +104,17 @@ def test_a_person_backfills_in_the_demo_ui_sees_the_days_and_the_chart_and_stopp
         assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
         # It opens with the demo's history: its 7 mornings' runs, every day since the first loaded one materialized.
         ui = Deployment(url, tmp_path)
-        ui.wait_until_code_loaded()
-        stats = ui.graphql("""{ assetNodes(assetKeys: [{path: ["order_statuses"]}]) {
-            partitionKeys partitionStats { numMaterialized numPartitions } } }""")["assetNodes"][0]
+        try:
+            ui.wait_until_code_loaded()
+            stats = ui.graphql("""{ assetNodes(assetKeys: [{path: ["order_statuses"]}]) {
+                partitionKeys partitionStats { numMaterialized numPartitions } } }""")["assetNodes"][0]
+            mornings = ui.graphql("""{ runsOrError(filter: {pipelineName: "daily_order_sync", statuses: [SUCCESS]}) {
+                ... on Runs { results { runId } } } }""")["runsOrError"]["results"]
+        finally:
+            ui.http.close()
         assert stats["partitionStats"] == {"numMaterialized": BACKFILL_DAYS, "numPartitions": BACKFILL_DAYS}
         today = dt.datetime.now(dt.timezone.utc).date()
         assert stats["partitionKeys"][0] == (today - dt.timedelta(days=BACKFILL_DAYS)).isoformat()
-        mornings = ui.graphql("""{ runsOrError(filter: {pipelineName: "daily_order_sync", statuses: [SUCCESS]}) {
-            ... on Runs { results { runId } } } }""")["runsOrError"]["results"]
         assert len(mornings) == 7
         with chromium_page(tmp_path / "screenshots") as steps:
             page = steps.page
