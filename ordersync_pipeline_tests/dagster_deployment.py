@@ -138,6 +138,11 @@ class Deployment:
             time.sleep(2)
         raise AssertionError(f"runs tagged {tag} not finished after {timeout} s; logs in {self.logs}")
 
+    def wait_for_backfill_runs(self, backfill_id: str, count: int, timeout: float) -> list[dict]:
+        """The backfill's runs once `count` of them have finished. The backfill's own status changes only at the
+        daemon's next pass (every 30 s, no setting), so tests that go on from the runs wait for it later."""
+        return self.wait_for_runs(("dagster/backfill", backfill_id), count, timeout)
+
     def wait_for_backfill(self, backfill_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

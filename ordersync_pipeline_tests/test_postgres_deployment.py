@@ -87,11 +87,11 @@ def test_postgres_backed_instance_runs_a_ui_backfill(deployment, postgres):
     backfill = ui.launch_backfill({"partitionsByAssets": [{
         "assetKey": {"path": ["order_statuses"]},
         "partitions": {"range": {"start": "2025-12-01", "end": "2025-12-05"}}}]})
-    assert ui.wait_for_backfill(backfill, timeout=300) == "COMPLETED_SUCCESS"
-    runs = ui.backfill_runs(backfill)
+    runs = ui.wait_for_backfill_runs(backfill, count=1, timeout=300)
     # The daemon's sensor then publishes the analysts' file (marts rebuilt, checks re-run).
     published = ui.wait_for_runs(("ordersync/published_after_run", runs[0]["runId"]), count=1, timeout=180)
     assert [r["status"] for r in published] == ["SUCCESS"]
+    assert ui.wait_for_backfill(backfill, timeout=120) == "COMPLETED_SUCCESS"
     for path in duckdb_env(deployment.database).values():  # the working file and the published one
         assert_table_equals_truth(path, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
 
@@ -114,7 +114,7 @@ def test_the_shipped_pool_limit_keeps_duckdb_steps_of_many_runs_apart_on_postgre
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)
     # More than the instance runs at a time (4): runs queue, several are in flight and wait at the pool.
-    runs_launched = 6
+    runs_launched = 5
     for offset in range(runs_launched):
         deployment.ui.launch_partition_run("daily_order_sync", str(dt.date(2025, 11, 20) + dt.timedelta(days=offset)),
                                            {"test": "pool-limit"})

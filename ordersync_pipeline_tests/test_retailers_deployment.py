@@ -74,13 +74,13 @@ def test_a_backfill_of_every_retailer_runs_them_in_parallel_and_a_revoked_key_fa
             backfill = ui.launch_backfill({"partitionsByAssets": [{
                 "assetKey": {"path": [r, "order_statuses"]},
                 "partitions": {"range": {"start": str(first), "end": str(last)}}} for r in RETAILERS]})
-            assert ui.wait_for_backfill(backfill, timeout=600) in ("COMPLETED_FAILED", "FAILED")
-            runs = ui.backfill_runs(backfill)
-            assert len(runs) == 3, runs  # one run per retailer
+            runs = ui.wait_for_backfill_runs(backfill, count=3, timeout=600)  # one run per retailer
             # The sensor publishes each successful retailer's file, with that retailer's publish job.
             for run in runs:
                 if run["status"] == "SUCCESS":
                     ui.wait_for_runs(("ordersync/published_after_run", run["runId"]), count=1, timeout=240)
+            assert ui.wait_for_backfill(backfill, timeout=120) in ("COMPLETED_FAILED", "FAILED")
+            assert len(ui.backfill_runs(backfill)) == 3
         instance = dg.DagsterInstance.from_config(str(home))
         by_retailer = {}
         for run in runs:

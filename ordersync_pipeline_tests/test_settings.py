@@ -1,6 +1,7 @@
 """Every ORDERSYNC_* setting the README documents takes effect, and a bad value stops everything at load."""
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -164,11 +165,27 @@ def assert_stopped_at_load(completed: subprocess.CompletedProcess, tmp_path, nam
     assert list(tmp_path.iterdir()) == []  # no DuckDB file, nor anything else
 
 
+@pytest.fixture(scope="module")
+def loads_with_bad_settings(tmp_path_factory):
+    """Each BAD_SETTINGS pair given alone to a fresh import of the definitions, in one separate process (see
+    load_with_each_setting.py), each from an empty folder of its own: (what the load did, that folder)."""
+    root = tmp_path_factory.mktemp("bad_settings")
+    env = {**os.environ, "ORDERSYNC_API_KEY": SIMULATOR_API_KEY, "ORDERSYNC_DUCKDB_PATH": "o.duckdb"}
+    env.pop("DAGSTER_HOME", None)
+    completed = subprocess.run([sys.executable, "-m", "ordersync_pipeline_tests.load_with_each_setting", str(root)],
+                               input=json.dumps(BAD_SETTINGS), capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {tuple(pair): (load, root / str(i))
+            for i, (pair, load) in enumerate(zip(BAD_SETTINGS, json.loads(completed.stdout)))}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, value", BAD_SETTINGS)
-def test_a_bad_setting_stops_the_definitions_from_loading(tmp_path, name, value):
-    completed = run_with_settings(["-c", "import ordersync_pipeline.definitions"], tmp_path, **{name: value})
-    assert_stopped_at_load(completed, tmp_path, name, value)
+def test_a_bad_setting_stops_the_definitions_from_loading(loads_with_bad_settings, name, value):
+    load, folder = loads_with_bad_settings[(name, value)]
+    assert not load["loaded"]
+    assert name in load["error"] and repr(value) in load["error"], load["error"]
+    assert list(folder.iterdir()) == []  # no DuckDB file, nor anything else
 
 
 @pytest.mark.slow

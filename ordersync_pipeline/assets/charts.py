@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import polars as pl
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> byt
     axes = figure.subplots(len(carriers), 1, sharex=True, squeeze=False)[:, 0]
     for ax, carrier in zip(axes, carriers):
         days = lead_times.filter(pl.col("carrier") == carrier)["lead_time_days"]
-        ax.hist(days.to_numpy(), bins=edges, color=BAR, edgecolor="white", linewidth=0.5)
+        # One filled outline and one set of white separators per panel: ax.hist draws a patch per bin, which
+        # made this chart ~25% slower to render, and every daily run renders it.
+        counts, _ = np.histogram(days.to_numpy(), bins=edges)
+        ax.stairs(counts, edges, fill=True, color=BAR)
+        ax.vlines(edges[1:-1], 0, np.minimum(counts[:-1], counts[1:]), colors="white", linewidth=0.5)
         for q, colour in ((0.5, P50), (0.9, P90)):
             value = float(days.quantile(q, "linear"))  # as DuckDB's quantile_cont
             ax.axvline(value, color=colour, linewidth=1.6, linestyle="--")
