@@ -238,13 +238,25 @@ def memory_bytes(size: str) -> int:
 
 
 _scratch_lock = threading.Lock()
+_scratch_by_process: dict[int, duckdb.DuckDBPyConnection] = {}
 
 
-@functools.lru_cache(maxsize=1)
 def _scratch() -> duckdb.DuckDBPyConnection:
     # One in-memory database per process for every verdict: opening one costs ~70 ms the first time and ~25 ms
     # after, and every run worker and command reads the settings (5 openings were ~0.15 s of each process).
-    return duckdb.connect(":memory:")
+    # Per process id: a forked child opens its own and leaves the inherited one alone (closing it there crashes).
+    pid = os.getpid()
+    if pid not in _scratch_by_process:
+        _scratch_by_process[pid] = duckdb.connect(":memory:")
+    return _scratch_by_process[pid]
+
+
+def _new_scratch_lock() -> None:
+    global _scratch_lock
+    _scratch_lock = threading.Lock()  # a fork can happen while another thread holds it
+
+
+os.register_at_fork(after_in_child=_new_scratch_lock)
 
 
 def _set_on_scratch(setting: str, value: str) -> str:

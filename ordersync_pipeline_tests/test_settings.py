@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -134,6 +135,29 @@ def test_the_store_memory_limit_is_a_setting_never_above_the_duckdb_limit():
         Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "1GB"})
     with pytest.raises(ValueError, match="ORDERSYNC_STORE_MEMORY_LIMIT must be a memory size"):
         Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "lots"})
+
+
+def test_duckdb_judges_settings_as_values_only_and_a_forked_process_judges_its_own():
+    """The DuckDB settings are checked on one in-memory database per process, by SET: a quote in a value stays
+    part of the value, and a process forked after a check (the inherited connection is not its own) still checks."""
+    from ordersync_pipeline.settings import Settings
+
+    value = "1GB'; SET threads = 1; --"
+    with pytest.raises(ValueError, match=re.escape(f"ORDERSYNC_DUCKDB_MEMORY_LIMIT must be a memory size such as "
+                                                   f"256MB or 2GB, got {value!r} (Parser Error: Unknown unit")):
+        Settings.from_env({"ORDERSYNC_DUCKDB_MEMORY_LIMIT": value})
+    assert Settings.from_env({}).duckdb_memory_limit == "256MB"
+    child = os.fork()
+    if child == 0:  # report through the exit status only: nothing of pytest's may run here
+        try:
+            ok = Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "48MB"}).store_memory_limit == "48MB"
+            with pytest.raises(ValueError, match="ORDERSYNC_STORE_MEMORY_LIMIT must be a memory size"):
+                Settings.from_env({"ORDERSYNC_STORE_MEMORY_LIMIT": "forked"})
+        except BaseException:  # noqa: BLE001
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 BAD_SETTINGS = [
