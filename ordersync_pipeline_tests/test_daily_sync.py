@@ -1,15 +1,18 @@
 """The daily operating loop against the simulator's moving truth: statuses, history and marts."""
 
 import datetime as dt
+import shutil
 import statistics
+from pathlib import Path
 
 import duckdb
 import pytest
 
 from ordersync_pipeline.definitions import build_definitions
+from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderSyncWarehouse
 from ordersync_pipeline.simulator.retailer import SimulatedRetailer
-from ordersync_pipeline.simulator.server import OrderSyncSimulator, SimulatedClock
-from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, range_tags
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimulator, SimulatedClock
+from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 from ordersync_pipeline_tests.truth import assert_table_equals_truth, expected_row, quantile
 
 pytestmark = pytest.mark.slow
@@ -17,12 +20,16 @@ pytestmark = pytest.mark.slow
 LOOKBACK = 7  # shorter than the default, so lines older than the window exist in a small test
 
 
-@pytest.fixture
-def simulator():
+def messy_simulator() -> OrderSyncSimulator:
     """The shared simulator's data, but 1 line in 10 sent with a sloppy status spelling (" Delivered ",
     "CANCELLED", ...) and some delivered "before" they were ordered, as real feeds do."""
     retailer = SimulatedRetailer(seed=11, orders_per_day=60, messy_every=10)
-    with OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY) as sim:
+    return OrderSyncSimulator(retailer, clock=SimulatedClock(SIM_NOW), first_day=SIM_FIRST_DAY)
+
+
+@pytest.fixture
+def simulator():
+    with messy_simulator() as sim:
         yield sim
 
 
@@ -44,12 +51,27 @@ def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+@pytest.fixture(scope="module")
+def backfilled_files(tmp_path_factory):
+    """The whole history backfilled in one run as of the simulator's now (2025-12-10 06:00 UTC), once for the
+    module: a folder with the working file and the analysts' file, laid out as `database` and `published`."""
+    folder = tmp_path_factory.mktemp("backfilled")
+    database = str(folder / "ordersync.duckdb")
+    with messy_simulator() as sim:
+        defs = build_definitions({
+            "ordersync": OrderSyncResource(api_key=SIMULATOR_API_KEY, base_url=sim.base_url),
+            "warehouse": OrderSyncWarehouse(database=database,
+                                            analyst_database=duckdb_env(database)["ORDERSYNC_DUCKDB_PATH"])})
+        run_daily(defs, None, tags=range_tags(str(SIM_FIRST_DAY), "2025-12-09"))
+    return folder
+
+
 @pytest.fixture
-def loaded(simulator, resources, database):
-    """The whole history backfilled in one run as of the simulator's now (2025-12-10 06:00 UTC)."""
-    defs = build_definitions(resources)
-    run_daily(defs, None, tags=range_tags(str(SIM_FIRST_DAY), "2025-12-09"))
-    return defs
+def loaded(backfilled_files, resources, database):
+    """A copy of the backfilled files where this test's runs write (the simulator, like the one that served the
+    backfill, starts at the same clock with the same data); the definitions to run."""
+    shutil.copytree(backfilled_files, Path(database).parent, dirs_exist_ok=True)
+    return build_definitions(resources)
 
 
 def test_after_each_daily_run_every_line_has_its_current_status_however_old(simulator, loaded, database):
