@@ -58,7 +58,6 @@ def test_many_retailers_are_watched_by_one_set_of_sensors(tmp_path):
     assert graph.get(dg.AssetKey([RETAILERS[0], "analyst_database"])).freshness_policy is not None
 
 
-
 def test_the_freshness_sensor_leaves_a_materialization_of_this_second_to_its_next_tick(tmp_path, monkeypatch):
     """Dagster's SQLite event log stamps a reported check result in whole seconds: reported in the second of the
     materialization it judges, it counts as older than it and the UI shows no result for that materialization
