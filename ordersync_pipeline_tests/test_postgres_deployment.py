@@ -67,8 +67,8 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def deployment(postgres, tmp_path_factory):
-    """One webserver + daemon on the PostgreSQL-backed instance the product ships, shared by this module's
-    tests (each launches its own runs and looks only at those), with the simulator and the working file."""
+    """One webserver + daemon on the PostgreSQL-backed instance the product ships, with the simulator and the
+    working file."""
     folder = tmp_path_factory.mktemp("postgres_deployment")
     home = folder / "dagster_home"
     home.mkdir()
@@ -82,51 +82,52 @@ def deployment(postgres, tmp_path_factory):
             yield SimpleNamespace(ui=ui, sim=sim, home=home, database=database)
 
 
-def test_postgres_backed_instance_runs_a_ui_backfill(deployment, postgres):
-    ui, sim = deployment.ui, deployment.sim
-    backfill = ui.launch_backfill({"partitionsByAssets": [{
-        "assetKey": {"path": ["order_statuses"]},
-        "partitions": {"range": {"start": "2025-12-01", "end": "2025-12-05"}}}]})
-    runs = ui.wait_for_backfill_runs(backfill, count=1, timeout=300)
-    # The daemon's sensor then publishes the analysts' file (marts rebuilt, checks re-run).
-    published = ui.wait_for_runs(("ordersync/published_after_run", runs[0]["runId"]), count=1, timeout=180)
-    assert [r["status"] for r in published] == ["SUCCESS"]
-    assert ui.wait_for_backfill(backfill, timeout=120) == "COMPLETED_SUCCESS"
-    for path in duckdb_env(deployment.database).values():  # the working file and the published one
-        assert_table_equals_truth(path, sim.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 5)))
-
-    run_ids = [r["runId"] for r in runs + published]
-    with psycopg2.connect(host="127.0.0.1", port=postgres["DAGSTER_PG_PORT"], user="postgres", dbname="dagster") as pg:
-        with pg.cursor() as cursor:
-            cursor.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,))
-            stored_runs = dict(cursor.fetchall())
-            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
-                           "AND asset_key = '[\"order_statuses\"]' AND run_id = %s", (runs[0]["runId"],))
-            materializations = cursor.fetchone()[0]
-    assert stored_runs.keys() == set(run_ids) and set(stored_runs.values()) == {"SUCCESS"}
-    assert materializations == 5  # one per partition of the range
-    assert not list(deployment.home.rglob("runs.db")), "run storage must be Postgres, not SQLite under DAGSTER_HOME"
-
-
-def test_the_shipped_pool_limit_keeps_duckdb_steps_of_many_runs_apart_on_postgres(deployment, postgres, monkeypatch):
+def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_under_the_shipped_pool_limit(
+        deployment, postgres, monkeypatch):
     """PostgreSQL takes Dagster's row locks for real (SQLite ignores them: see test_ui_backfills), so here the
-    shipped limit must hold exactly: many runs in flight, not one overlap of their DuckDB steps."""
+    shipped limit must hold exactly. A UI backfill of 5 days (one run) and separate daily runs of the 3 days after,
+    launched together: as many runs in flight as the instance allows (4), then the sensor's publishing run; not one
+    overlap of their DuckDB steps, and every run, event and file where the production configuration puts it."""
+    ui, sim = deployment.ui, deployment.sim
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)
-    # More than the instance runs at a time (4): runs queue, several are in flight and wait at the pool.
-    runs_launched = 5
-    for offset in range(runs_launched):
-        deployment.ui.launch_partition_run("daily_order_sync", str(dt.date(2025, 11, 20) + dt.timedelta(days=offset)),
-                                           {"test": "pool-limit"})
-    runs = deployment.ui.wait_for_runs(("test", "pool-limit"), count=runs_launched, timeout=900)
-    assert [r["status"] for r in runs] == ["SUCCESS"] * runs_launched
+    first, backfill_last, last = dt.date(2025, 11, 20), dt.date(2025, 11, 24), dt.date(2025, 11, 27)
+    backfill = ui.launch_backfill({"partitionsByAssets": [{
+        "assetKey": {"path": ["order_statuses"]},
+        "partitions": {"range": {"start": str(first), "end": str(backfill_last)}}}]})
+    separate_runs = (last - backfill_last).days
+    for offset in range(1, separate_runs + 1):
+        ui.launch_partition_run("daily_order_sync", str(backfill_last + dt.timedelta(days=offset)), {"test": "pool-limit"})
+    (backfill_run,) = ui.wait_for_backfill_runs(backfill, count=1, timeout=600)
+    daily_runs = ui.wait_for_runs(("test", "pool-limit"), count=separate_runs, timeout=900)
+    # The daemon's sensor publishes after the backfill's run (marts rebuilt, checks re-run).
+    published = ui.wait_for_runs(("ordersync/published_after_run", backfill_run["runId"]), count=1, timeout=240)
+    runs = [backfill_run, *daily_runs, *published]
+    assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs)
     assert max_overlap(runs) > 1, "the test needs runs in flight at once"
+    for path in duckdb_env(deployment.database).values():  # the working file and the published one
+        assert_table_equals_truth(path, sim.records_for_days(first, last))
+
     instance = dg.DagsterInstance.from_config(str(deployment.home))
     run_ids = [r["runId"] for r in runs]
     steps = duckdb_step_intervals(instance, run_ids)
-    assert len(steps) >= runs_launched * 4
+    assert len(steps) >= len(runs) * 4
     assert overlapping_steps(steps) == []
     assert pool_blocked_steps(instance, run_ids), "no step was ever held back by the pool"
     lock_waits = [e.user_message for run_id in run_ids for e in instance.all_logs(run_id)
                   if "DuckDB file locked" in e.user_message]
     assert lock_waits == []  # the pool, not DuckDB's lock, kept them apart
+
+    with psycopg2.connect(host="127.0.0.1", port=postgres["DAGSTER_PG_PORT"], user="postgres", dbname="dagster") as pg:
+        with pg.cursor() as cursor:
+            cursor.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,))
+            stored_runs = dict(cursor.fetchall())
+            cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                           "AND asset_key = '[\"order_statuses\"]' AND run_id = %s", (backfill_run["runId"],))
+            materializations = cursor.fetchone()[0]
+    assert stored_runs.keys() == set(run_ids) and set(stored_runs.values()) == {"SUCCESS"}
+    assert materializations == 5  # one per partition of the range
+    assert not list(deployment.home.rglob("runs.db")), "run storage must be Postgres, not SQLite under DAGSTER_HOME"
+    # The daemon marks the backfill at its next pass (every 30 s): long done by now; still its one run.
+    assert ui.wait_for_backfill(backfill, timeout=120) == "COMPLETED_SUCCESS"
+    assert [r["runId"] for r in ui.backfill_runs(backfill)] == [backfill_run["runId"]]
