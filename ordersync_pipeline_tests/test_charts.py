@@ -1,6 +1,7 @@
 """Charts: equal-width bins, percentiles marked where they are, images that open, the same bytes twice."""
 
 import datetime as dt
+import io
 import re
 
 import polars as pl
@@ -35,7 +36,8 @@ def test_the_lead_time_chart_has_a_panel_per_carrier_with_p50_and_p90_where_duck
     assert svg == charts.lead_time_distribution(lead_times(), "svg").decode()  # same data, same bytes
 
 
-def test_every_chart_renders_png_and_svg_even_without_rows():
+def every_chart() -> tuple[list, list]:
+    """Each chart as a function of the format: with rows, and without."""
     backlog = pl.DataFrame({"as_of_day": [dt.date(2025, 12, 1), dt.date(2025, 12, 1), dt.date(2025, 12, 4)],
                             "age_bucket": ["0-2", "31+", "3-7"], "open_lines": [5, 2, 7]})
     suppliers = pl.DataFrame({"supplier": ["ping", None], "p90_lead_time_days": [9.5, None],
@@ -47,8 +49,27 @@ def test_every_chart_renders_png_and_svg_even_without_rows():
     empty = [lambda fmt: charts.lead_time_distribution(lead_times().clear(), fmt),
              lambda fmt: charts.backlog_over_time(backlog.clear(), labels, fmt),
              lambda fmt: charts.supplier_scorecard(suppliers.clear(), 7, fmt)]
+    return drawn, empty
+
+
+def test_every_chart_renders_png_and_svg_even_without_rows():
+    drawn, empty = every_chart()
     for chart in drawn + empty:
         assert chart("png").startswith(b"\x89PNG\r\n\x1a\n")
         assert re.search(rb"<svg[^>]*viewBox", chart("svg"))
     assert b"No delivered lines yet" in empty[0]("svg")
     assert b"target 7 d" in drawn[2]("svg") and b"(no supplier)" in drawn[2]("svg")
+
+
+def test_pngs_are_the_pixels_savefig_would_lay_out_itself(monkeypatch):
+    """_render lays a PNG out once, before savefig, instead of savefig's layout pass inside a draw: same bytes."""
+    drawn, empty = every_chart()
+    ours = [chart("png") for chart in drawn + empty]
+
+    def savefig_alone(figure, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=100)
+        return buffer.getvalue()
+
+    monkeypatch.setattr(charts, "_render", savefig_alone)
+    assert [chart("png") for chart in drawn + empty] == ours
