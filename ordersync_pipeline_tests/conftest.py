@@ -70,7 +70,7 @@ def resources(simulator, database, published):
 def observed_history(tmp_path_factory, worker_id):
     """Files as a team has them after a backfill and a week of mornings: statuses observed moving day by day,
     a backlog over 8 days, stuck lines, transit brackets, backorders, sloppy status spellings.
-    Returns (working file, published file, the Dagster instance the runs recorded to). Built once per test
+    Returns (working file, published file, the Dagster instance the last morning's run recorded to). Built once per test
     session, whichever pytest-xdist worker asks first; the others wait for it and then only read it."""
     if worker_id == "master":  # not under xdist (-n 0)
         return _build_observed_history(tmp_path_factory.mktemp("history"))
