@@ -82,22 +82,25 @@ def deployment(postgres, tmp_path_factory):
             yield SimpleNamespace(ui=ui, sim=sim, home=home, database=database)
 
 
+@pytest.mark.timeout(1500)  # a PostgreSQL server, a deployment and 6 runs; far longer while the machine is loaded
 def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_under_the_shipped_pool_limit(
         deployment, postgres, monkeypatch):
     """PostgreSQL takes Dagster's row locks for real (SQLite ignores them: see test_ui_backfills), so here the
-    shipped limit must hold exactly. A UI backfill of 5 days (one run) and separate daily runs of the 3 days after,
-    launched together: as many runs in flight as the instance allows (4), then the sensor's publishing run; not one
-    overlap of their DuckDB steps, and every run, event and file where the production configuration puts it."""
+    shipped limit must hold exactly. Daily runs of 4 days, as many as the instance runs at once, launched with a UI
+    backfill of the 5 days before (one run, started at the backfill daemon's next pass: it queues behind them or
+    joins them), then the sensor's publishing run: not one overlap of their DuckDB steps, and every run, event
+    and file where the production configuration puts it."""
     ui, sim = deployment.ui, deployment.sim
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)
-    first, backfill_last, last = dt.date(2025, 11, 20), dt.date(2025, 11, 24), dt.date(2025, 11, 27)
+    first, backfill_last, last = dt.date(2025, 11, 20), dt.date(2025, 11, 24), dt.date(2025, 11, 28)
     backfill = ui.launch_backfill({"partitionsByAssets": [{
         "assetKey": {"path": ["order_statuses"]},
         "partitions": {"range": {"start": str(first), "end": str(backfill_last)}}}]})
     separate_runs = (last - backfill_last).days
     for offset in range(1, separate_runs + 1):
-        ui.launch_partition_run("daily_order_sync", str(backfill_last + dt.timedelta(days=offset)), {"test": "pool-limit"})
+        day = backfill_last + dt.timedelta(days=offset)
+        ui.launch_partition_run("daily_order_sync", str(day), {"test": "pool-limit"})
     (backfill_run,) = ui.wait_for_backfill_runs(backfill, count=1, timeout=600)
     daily_runs = ui.wait_for_runs(("test", "pool-limit"), count=separate_runs, timeout=900)
     # The daemon's sensor publishes after the backfill's run (marts rebuilt, checks re-run).
