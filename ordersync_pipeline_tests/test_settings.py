@@ -182,11 +182,16 @@ BAD_SETTINGS = [
 ]
 
 
+def assert_stopped(error: str, folder, name: str, value: str) -> None:
+    """The error's last line names the setting and its value, and nothing was written in `folder`."""
+    last_line = error.strip().splitlines()[-1]
+    assert name in last_line and repr(value) in last_line, error[-2000:]
+    assert list(folder.iterdir()) == []  # no DuckDB file, nor anything else
+
+
 def assert_stopped_at_load(completed: subprocess.CompletedProcess, tmp_path, name: str, value: str) -> None:
     assert completed.returncode != 0
-    last_line = completed.stderr.strip().splitlines()[-1]
-    assert name in last_line and repr(value) in last_line, completed.stderr[-2000:]
-    assert list(tmp_path.iterdir()) == []  # no DuckDB file, nor anything else
+    assert_stopped(completed.stderr, tmp_path, name, value)
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +213,7 @@ def loads_with_bad_settings(tmp_path_factory):
 def test_a_bad_setting_stops_the_definitions_from_loading(loads_with_bad_settings, name, value):
     load, folder = loads_with_bad_settings[(name, value)]
     assert not load["loaded"]
-    assert name in load["error"] and repr(value) in load["error"], load["error"]
-    assert list(folder.iterdir()) == []  # no DuckDB file, nor anything else
+    assert_stopped(load["error"], folder, name, value)
 
 
 @pytest.mark.slow
