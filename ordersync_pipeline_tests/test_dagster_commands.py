@@ -34,7 +34,7 @@ def test_partition_range_materialize_command(simulator, database):
     completed = dagster(["asset", "materialize", "-m", "ordersync_pipeline.definitions", "--select", "order_statuses",
                          "--partition-range", "2025-12-01...2025-12-07"], simulator, database, ("-X", "importtime"))
     assert_table_equals_truth(database, simulator.records_for_days(dt.date(2025, 12, 1), dt.date(2025, 12, 7)))
-    assert "order_statuses_order_status_id_is_unique - STEP_SUCCESS" in completed.stderr  # the checks ran too
+    assert "order_statuses_checks - STEP_SUCCESS" in completed.stderr  # the checks ran too
     assert_never_imported_pyarrow(completed)
 
 
@@ -93,7 +93,7 @@ def test_dg_launch_of_a_partition_range_as_the_readme_gives_it(simulator, databa
     completed = dg(command, simulator, database)
     assert_table_equals_truth(database, simulator.records_for_days(dt.date.fromisoformat(first),
                                                                    dt.date.fromisoformat(last)))
-    assert "order_statuses_order_status_id_is_unique - STEP_SUCCESS" in completed.stderr  # the checks ran too
+    assert "order_statuses_checks - STEP_SUCCESS" in completed.stderr  # the checks ran too
 
 
 def test_dg_launch_of_the_daily_job_as_the_readme_gives_it(simulator, database):

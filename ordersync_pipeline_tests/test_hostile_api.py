@@ -119,7 +119,7 @@ def test_an_api_total_that_is_always_wrong_fails_the_row_count_check(database):
     # there and nothing downstream (marts, the analysts' file) would run.
     assert not result.success
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failed_steps == ["order_statuses_row_count_matches_api_total"]
+    assert failed_steps == ["order_statuses_checks"]  # the step of order_statuses' six checks
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_count_matches_api_total")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "2 of 2 loaded days differ" in check.description

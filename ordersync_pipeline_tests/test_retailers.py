@@ -77,9 +77,10 @@ def test_every_retailer_has_a_prefixed_copy_in_its_own_pool_with_its_own_jobs_an
             assert {k.path[0] for k in graph.get(key).parent_keys} <= {retailer}  # deps stay within the retailer
             assert assets_def.required_resource_keys - {"io_manager"} <= {f"ordersync_{retailer}", f"warehouse_{retailer}"}
         for checks_def in defs.asset_checks:
-            (check_key,) = checks_def.check_keys
-            if check_key.asset_key.path[0] == retailer:  # freshness reads Dagster's records, not the file
-                pools = {None} if check_key.name == "updated_within_freshness_window" else {f"ordersync_duckdb_{retailer}"}
+            (asset_key,) = {check_key.asset_key for check_key in checks_def.check_keys}
+            if asset_key.path[0] == retailer:  # freshness reads Dagster's records, not the file
+                names = {check_key.name for check_key in checks_def.check_keys}
+                pools = {None} if names == {"updated_within_freshness_window"} else {f"ordersync_duckdb_{retailer}"}
                 assert {op.pool for op in checks_def.node_def.iterate_op_defs()} == pools
         daily = defs.resolve_job_def(f"daily_order_sync_{retailer}")
         assert set(daily.asset_layer.selected_asset_keys) == set(keys)

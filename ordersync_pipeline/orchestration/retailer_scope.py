@@ -102,5 +102,11 @@ class RetailerScope:
                               pool=self.pool if opens_warehouse else None,
                               required_resource_keys={self.suffixed("warehouse")} if opens_warehouse else None)
 
+    def multi_asset_check(self, name: str, *, specs: list[dg.AssetCheckSpec]):
+        """dg.multi_asset_check: several checks that open the DuckDB file, run as one step in its pool; each
+        check can also run alone (the step then gets only the selected checks)."""
+        return dg.multi_asset_check(name=self.suffixed(name), specs=specs, can_subset=True, pool=self.pool,
+                                    required_resource_keys={self.suffixed("warehouse")})
+
 
 SINGLE_RETAILER = RetailerScope(None)
