@@ -135,3 +135,33 @@ def test_one_failure_message_none_for_a_run_that_will_be_retried_and_recovered_a
         assert fields["run_url"] == f"http://ui.example/runs/{failed.run_id}" and "failed" in subject
         _evaluate(recovery_sensor, instance, good, notifier)
         assert len(sent) == 2 and "recovered" in sent[1][0] and sent[1][1]["recovered_from_run_id"] == failed.run_id
+
+
+def test_a_failed_blocking_check_is_named_in_the_message(monkeypatch):
+    """The six checks of order_statuses run as one step, so the step's name no longer says which one failed."""
+    from ordersync_pipeline.orchestration.alerts import build_alert_sensors
+
+    sent = []
+    monkeypatch.setattr(AlertNotifier, "send", lambda self, subject, text, fields: sent.append(text) or [])
+    key = dg.AssetKey("order_statuses")
+
+    @dg.asset(name="order_statuses")
+    def order_statuses() -> None:
+        return None
+
+    @dg.multi_asset_check(name="order_statuses_checks", specs=[
+        dg.AssetCheckSpec("order_status_id_is_unique", asset=key, blocking=True),
+        dg.AssetCheckSpec("row_count_matches_api_total", asset=key, blocking=True)])
+    def checks():
+        yield dg.AssetCheckResult(asset_key=key, check_name="order_status_id_is_unique", passed=True)
+        yield dg.AssetCheckResult(asset_key=key, check_name="row_count_matches_api_total", passed=False)
+
+    failure_sensor, _ = build_alert_sensors()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([order_statuses, checks], instance=instance, raise_on_error=False)
+        assert not result.success
+        _evaluate(failure_sensor, instance, instance.get_run_by_id(result.run_id), AlertNotifier(
+            webhook_url="http://127.0.0.1:9/hook"))
+    (text,) = sent
+    assert "failed in step order_statuses_checks: " in text, text
+    assert "1 blocking asset check failed with ERROR severity: order_statuses: row_count_matches_api_total" in text

@@ -151,7 +151,12 @@ def failure_message(context: dg.RunFailureSensorContext, notifier: AlertNotifier
         while error is not None and error.cause is not None:
             error = error.cause
         fields["step"] = first.step_key or "(run)"
-        fields["error"] = redacted_first_line(error.message if error else first.message or "", notifier)
+        message = error.message if error else first.message or ""
+        if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+            # "N blocking asset checks failed ...", then "asset: check,check" per asset: one step runs all of
+            # order_statuses' checks, so the step's name does not say which failed; these lines do.
+            message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        fields["error"] = redacted_first_line(message, notifier)
     else:
         fields["step"] = "(run)"
         fields["error"] = redacted_first_line(context.failure_event.message or "", notifier)
