@@ -84,6 +84,44 @@ def test_a_failing_blocking_check_keeps_the_last_good_snapshot(simulator, resour
     assert "order_statuses" in started and not {"order_status_refresh", "analyst_database"} & started
 
 
+def test_a_check_that_raises_is_reported_and_blocks_only_if_it_is_a_blocking_one(simulator, resources, published,
+                                                                                 monkeypatch):
+    """order_statuses' six checks run in one step: one that raises must not take the others' results with it,
+    and a warning check that raises must not hold the analysts' file back."""
+    from ordersync_pipeline.assets import order_statuses as module
+
+    def raising(name: str):
+        def check(conn):
+            raise RuntimeError(f"{name} ran out of memory\nsecond line")
+        check.__name__ = name
+        return check
+
+    def replaced(name: str) -> list:
+        return [(raising(name), blocking, description) if check.__name__ == name else (check, blocking, description)
+                for check, blocking, description in module.ORDER_STATUS_CHECKS]
+
+    six = {check.__name__ for check, _, _ in module.ORDER_STATUS_CHECKS}
+    monkeypatch.setattr(module, "ORDER_STATUS_CHECKS", replaced("statuses_in_known_vocabulary"))
+    result = run_daily(resources, "2025-12-05")
+    assert result.success and result.asset_materializations_for_node("analyst_database")
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations() if e.check_name in six}
+    assert len(checks) == 6 and [n for n, e in checks.items() if not e.passed] == ["statuses_in_known_vocabulary"]
+    warned = checks["statuses_in_known_vocabulary"]
+    assert warned.severity == dg.AssetCheckSeverity.WARN
+    assert warned.description == "the check raised RuntimeError: statuses_in_known_vocabulary ran out of memory"
+    good = published_info(published)
+
+    monkeypatch.setattr(module, "ORDER_STATUS_CHECKS", replaced("order_status_id_is_unique"))
+    simulator.clock.advance(days=1)
+    result = run_daily(resources, "2025-12-06")
+    assert not result.success and published_info(published) == good
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations() if e.check_name in six}
+    assert len(checks) == 6 and not checks["order_status_id_is_unique"].passed
+    assert checks["order_status_id_is_unique"].severity == dg.AssetCheckSeverity.ERROR
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert not {"order_status_refresh", "analyst_database"} & started
+
+
 def test_an_analyst_holding_the_published_file_read_write_cannot_break_the_next_publish(
         simulator, resources, published):
     assert run_daily(resources, "2025-12-05").success

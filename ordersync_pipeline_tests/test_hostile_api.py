@@ -120,7 +120,11 @@ def test_an_api_total_that_is_always_wrong_fails_the_row_count_check(database):
     assert not result.success
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failed_steps == ["order_statuses_checks"]  # the step of order_statuses' six checks
-    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_count_matches_api_total")
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 6  # every check reported; only this blocking one failed
+    assert [e.check_name for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR] == [
+        "row_count_matches_api_total"]
+    check = next(e for e in evaluations if e.check_name == "row_count_matches_api_total")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "2 of 2 loaded days differ" in check.description
     with duckdb.connect(database, read_only=True) as conn:

@@ -3,8 +3,10 @@
 
 import datetime as dt
 import time
+from typing import NamedTuple
 
 import dagster as dg
+import duckdb
 import polars as pl
 
 from ordersync_pipeline.assets.metadata import markdown_table, raw_table_column_schema, table_figures
@@ -13,6 +15,7 @@ from ordersync_pipeline.orchestration.resources import OrderSyncResource, OrderS
 from ordersync_pipeline.orchestration.retailer_scope import SINGLE_RETAILER, RetailerScope
 from ordersync_pipeline.sync import store_days
 from ordersync_pipeline.vocabulary import is_known_sql
+from ordersync_pipeline.storage.snapshots import is_corruption_error
 from ordersync_pipeline.storage.warehouse import DayLoad
 
 # DUCKDB_WRITERS_POOL (retailer_scope.py): every asset and check that opens the DuckDB file runs in it; its
@@ -142,13 +145,22 @@ def _warn_about_day(context: dg.AssetExecutionContext, load: DayLoad) -> None:
                             "returned; stored what it returned, the row-count check will flag it")
 
 
-def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: object) -> dg.AssetCheckResult:
+class CheckOutcome(NamedTuple):
+    """What one check found; build_order_status_checks makes it that check's AssetCheckResult."""
+
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    description: str
+    metadata: dict[str, object]
+
+
+def _check(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: object) -> CheckOutcome:
     # The ERROR checks are blocking: a failure stops the rest of the run (refresh, marts, analyst_database),
     # so analysts stay on the last good snapshot while the check's page in the UI says why.
-    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+    return CheckOutcome(passed, severity, description, metadata)
 
 
-def order_status_id_is_unique(conn) -> dg.AssetCheckResult:
+def order_status_id_is_unique(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     duplicated = pl.DataFrame(conn.sql(
         "SELECT order_status_id, count(*) AS copies FROM order_statuses GROUP BY 1 HAVING count(*) > 1 "
         "ORDER BY copies DESC, order_status_id LIMIT 20"
@@ -161,7 +173,7 @@ def order_status_id_is_unique(conn) -> dg.AssetCheckResult:
 REQUIRED_COLUMNS = ("order_status_id", "order_id", "order_date", "order_day", "status")
 
 
-def required_keys_not_null(conn) -> dg.AssetCheckResult:
+def required_keys_not_null(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in REQUIRED_COLUMNS)
     nulls = pl.DataFrame(conn.sql(f"SELECT {counts} FROM order_statuses")).row(0, named=True)
     offending = {column: count for column, count in nulls.items() if count}
@@ -172,7 +184,7 @@ def required_keys_not_null(conn) -> dg.AssetCheckResult:
 
 # A warning, not blocking: these are the API's own data errors, left out of delivery_lead_times, so the
 # marts stay right; blocking would freeze analysts on an old snapshot over a typo only OrderSync can fix.
-def delivery_not_before_order(conn) -> dg.AssetCheckResult:
+def delivery_not_before_order(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     bad = pl.DataFrame(conn.sql(
         "SELECT order_status_id, supplier, carrier, order_date, delivery_date FROM order_statuses "
         "WHERE delivery_date < order_date ORDER BY order_date"
@@ -182,7 +194,7 @@ def delivery_not_before_order(conn) -> dg.AssetCheckResult:
                   examples=markdown_table(bad, max_rows=10))
 
 
-def statuses_in_known_vocabulary(conn) -> dg.AssetCheckResult:
+def statuses_in_known_vocabulary(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     unknown = pl.DataFrame(conn.sql(
         f"SELECT coalesce(status, '(null)') AS status, count(*) AS lines FROM order_statuses "
         f"WHERE NOT {is_known_sql()} GROUP BY 1 ORDER BY lines DESC"
@@ -193,7 +205,7 @@ def statuses_in_known_vocabulary(conn) -> dg.AssetCheckResult:
                   "(kept, and counted as open lines)", unknown_statuses=markdown_table(unknown))
 
 
-def row_count_matches_api_total(conn) -> dg.AssetCheckResult:
+def row_count_matches_api_total(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     mismatched = pl.DataFrame(conn.sql("""
         SELECT l.order_day, l.api_total, coalesce(s.stored, 0) AS stored, l.rejects
         FROM order_status_loads AS l
@@ -206,7 +218,7 @@ def row_count_matches_api_total(conn) -> dg.AssetCheckResult:
                   days_checked=int(days), mismatched_days=markdown_table(mismatched))
 
 
-def no_rejected_records(conn) -> dg.AssetCheckResult:
+def no_rejected_records(conn: duckdb.DuckDBPyConnection) -> CheckOutcome:
     reasons = pl.DataFrame(conn.sql(
         "SELECT source, regexp_replace(reason, ' .*', '') AS kind, count(*) AS records, min(reason) AS example "
         "FROM order_status_rejects GROUP BY ALL ORDER BY records DESC"
@@ -231,26 +243,38 @@ ORDER_STATUS_CHECKS = [
 
 def build_order_status_checks(scope: RetailerScope) -> list[dg.AssetChecksDefinition]:
     """The six checks of order_statuses, each its own check in the UI (name, description, blocking, result),
-    run as one step on one connection: as six steps they were a fifth of a daily run (a step's start, events
-    and pool claim cost more than its query), and `ordersync_duckdb` let only one of them run at a time anyway.
-    A blocking check that fails fails the step after every selected check has reported, so downstream assets
-    do not run; a check run alone (the UI's "Execute" on one check) runs only that one."""
+    run as one step on one connection: as six steps, their starts, events and pool claims cost more than their
+    queries (a daily run in process took ~8 % more CPU; docs/development.md), and `ordersync_duckdb` let only
+    one of them run at a time anyway. A check run alone (the UI's "Execute" on one check) runs only that one.
+
+    Each check reports even when another fails or raises: a check that raises is reported failed, with the
+    error, at its own severity. So a blocking check that fails or raises fails the step after every selected
+    check has reported, and downstream assets do not run; a warning check that raises does not stop them
+    (as six steps, it failed the run but the marts and the analysts' file still ran)."""
     asset_key = scope.key("order_statuses")
     specs = [dg.AssetCheckSpec(check.__name__, asset=asset_key, description=description, blocking=blocking)
              for check, blocking, description in ORDER_STATUS_CHECKS]
 
     @scope.multi_asset_check("order_statuses_checks", specs=specs)
     def order_statuses_checks(context: dg.AssetCheckExecutionContext):
-        selected = [check for check, _, _ in ORDER_STATUS_CHECKS
+        selected = [(check, blocking) for check, blocking, _ in ORDER_STATUS_CHECKS
                     if dg.AssetCheckKey(asset_key, check.__name__) in context.selected_asset_check_keys]
         # Under the store memory limit as well, because every check reads the whole table.
         warehouse = scope.warehouse(context)
         with warehouse.connect(memory_limit_at_most=warehouse.store_memory_limit) as conn:
-            results = [(check.__name__, check(conn)) for check in selected]
-        for name, result in results:
-            yield dg.AssetCheckResult(asset_key=asset_key, check_name=name, passed=result.passed,
-                                      severity=result.severity, description=result.description,
-                                      metadata=result.metadata)
+            for check, blocking in selected:
+                try:
+                    outcome = check(conn)
+                except Exception as exc:
+                    if isinstance(exc, duckdb.Error) and is_corruption_error(exc):
+                        raise  # connect() turns it into the error that says what to do
+                    context.log.exception(f"check {check.__name__} raised")
+                    first_line = next(iter(str(exc).splitlines()), "")
+                    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+                    outcome = _check(False, severity, f"the check raised {type(exc).__name__}: {first_line}"[:500])
+                yield dg.AssetCheckResult(asset_key=asset_key, check_name=check.__name__, passed=outcome.passed,
+                                          severity=outcome.severity, description=outcome.description,
+                                          metadata=outcome.metadata)
 
     return [order_statuses_checks]
 

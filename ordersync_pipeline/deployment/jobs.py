@@ -39,7 +39,7 @@ def build_jobs(scope: RetailerScope) -> ScopeJobs:
     prefix = f"{scope.retailer}: " if scope.retailer else ""
     daily = dg.define_asset_job(scope.suffixed("daily_order_sync"), selection=dg.AssetSelection.assets(*keys),
                                 tags=scope.tags or None, description=prefix + DAILY_DESCRIPTION)
-    # After a backfill of order_statuses (UI or CLI): re-run the blocking checks, rebuild the marts, publish.
+    # After a backfill of order_statuses (UI or CLI): re-run its checks, rebuild the marts, publish.
     publish = dg.define_asset_job(
         scope.suffixed("publish_analyst_database"),
         selection=dg.AssetSelection.assets(*(scope.key(name) for name in PUBLISHED_ASSET_NAMES))

@@ -95,12 +95,10 @@ class RetailerScope:
                         partitions_def=self.partitions_def if partitioned else None,
                         backfill_policy=dg.BackfillPolicy.single_run(), **kwargs)
 
-    def asset_check(self, asset: str, *, name: str, description: str, blocking: bool = False,
-                    opens_warehouse: bool = True):
-        """dg.asset_check on this retailer's `asset`; a check that opens the DuckDB file runs in its pool."""
-        return dg.asset_check(asset=self.key(asset), name=name, description=description, blocking=blocking,
-                              pool=self.pool if opens_warehouse else None,
-                              required_resource_keys={self.suffixed("warehouse")} if opens_warehouse else None)
+    def asset_check(self, asset: str, *, name: str, description: str):
+        """dg.asset_check on this retailer's `asset` that opens the DuckDB file, so it runs in its pool."""
+        return dg.asset_check(asset=self.key(asset), name=name, description=description, pool=self.pool,
+                              required_resource_keys={self.suffixed("warehouse")})
 
     def multi_asset_check(self, name: str, *, specs: list[dg.AssetCheckSpec]):
         """dg.multi_asset_check: several checks that open the DuckDB file, run as one step in its pool; each
