@@ -271,7 +271,8 @@ def build_order_status_checks(scope: RetailerScope) -> list[dg.AssetChecksDefini
                     context.log.exception(f"check {check.__name__} raised")
                     first_line = next(iter(str(exc).splitlines()), "")
                     severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
-                    outcome = _check(False, severity, f"the check raised {type(exc).__name__}: {first_line}"[:500])
+                    outcome = _check(False, severity, f"the check raised {type(exc).__name__}: {first_line[:300]} "
+                                     "(traceback in this run's log; rerun with publish_analyst_database once fixed)")
                 yield dg.AssetCheckResult(asset_key=asset_key, check_name=check.__name__, passed=outcome.passed,
                                           severity=outcome.severity, description=outcome.description,
                                           metadata=outcome.metadata)
