@@ -13,10 +13,13 @@ import dagster as dg
 import httpx
 import yaml
 
+from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.orchestration.freshness import FRESHNESS_CHECK_NAME
 from ordersync_pipeline.orchestration.retailer_scope import DUCKDB_WRITERS_POOL
+from ordersync_pipeline_tests.support import README, ROOT
 
 LOCATION = "ordersync_pipeline.definitions"
+CODE_SERVER_WORKSPACE = INSTANCE_CONFIG.with_name("workspace-code-server.yaml")
 
 # The daemon's waits, shortened for tests; what the product ships keeps Dagster's defaults. The run queue is
 # looked at every second (Dagster: 5 s), the publish-after-backfills sensor every 5 s (ours: 30 s) and the
@@ -82,18 +85,21 @@ class Deployment:
         return body["data"]
 
     def wait_until_code_loaded(self, timeout: float = 120) -> None:
-        """Until the code location has loaded; fails with Dagster's own error if it could not load."""
+        """Until the code location has loaded; fails with Dagster's own error if it could not load. A code
+        server still starting is waited for: the webserver reconnects to it by itself."""
         deadline = time.monotonic() + timeout
         while True:
             entries = self.graphql("""{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
                 locationOrLoadError { __typename ... on PythonError { message } } } } } }""")["workspaceOrError"]
             entries = entries.get("locationEntries") or []
-            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                errors = [e["locationOrLoadError"] for e in entries
-                          if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            errors = [e["locationOrLoadError"] for e in entries
+                      if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
+            starting = [e for e in errors if "DagsterUserCodeUnreachableError" in e["message"]]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries) and not starting:
                 assert not errors, f"the code location did not load: {errors}; logs in {self.logs}"
                 return
-            assert time.monotonic() < deadline, f"the code location did not load within {timeout:g} s: {entries}"
+            assert time.monotonic() < deadline, f"the code location did not load within {timeout:g} s: {entries}; " \
+                                                f"logs in {self.logs}"
             time.sleep(1)
 
     def repository(self) -> dict:
@@ -181,30 +187,58 @@ def quicken_instance(dagster_home: Path) -> None:
     config_file.write_text(yaml.safe_dump(config))
 
 
+def production_commands(workspace: str, code_port: int) -> list[list[str]]:
+    """The README's production commands (code server, webserver, daemon) as given, with this deployment's
+    workspace file and code server port, run from this Python's bin folder."""
+    block = README.split("## Running in production", 1)[1].split("```", 2)[1]
+    commands = [line.split() for line in block.strip().splitlines()]
+    shipped = str(CODE_SERVER_WORKSPACE.relative_to(ROOT))
+    assert [c[0] for c in commands] == ["dagster", "dagster-webserver", "dagster-daemon"], commands
+    python_bin = Path(sys.executable).parent
+    return [[str(python_bin / c[0]), *[{shipped: workspace, "4266": str(code_port)}.get(a, a) for a in c[1:]]]
+            for c in commands]
+
+
+def code_server_workspace(dagster_home: Path, port: int) -> Path:
+    """The shipped workspace-code-server.yaml with the code server's port, in DAGSTER_HOME."""
+    workspace = yaml.safe_load(CODE_SERVER_WORKSPACE.read_text())
+    (entry,) = workspace["load_from"]
+    entry["grpc_server"]["port"] = port
+    path = dagster_home / "workspace.yaml"
+    path.write_text(yaml.safe_dump(workspace))
+    return path
+
+
 @contextmanager
 def running_deployment(dagster_home: Path, env: dict[str, str]):
-    """dagster-webserver + dagster-daemon for our code location, with DAGSTER_HOME (its dagster.yaml as the
-    test wrote it, quickened); stopped on exit."""
-    port = free_port()
+    """One code server, dagster-webserver and dagster-daemon for our code location, as the README's production
+    section runs them, with DAGSTER_HOME (its dagster.yaml as the test wrote it, quickened); stopped on exit."""
+    port, code_port = free_port(), free_port()
     env = {**QUICK_DAEMON_ENV, **env, "DAGSTER_HOME": str(dagster_home)}
     quicken_instance(dagster_home)
+    workspace = str(code_server_workspace(dagster_home, code_port))
     python_bin = Path(sys.executable).parent
     # Webserver and daemon started together on fresh storage both create its tables and stamp its schema
     # version; on a loaded machine both stamps land and every later start fails with "Version table
     # 'alembic_version' has more than one head present". The README's deployment steps do the same.
     subprocess.run([str(python_bin / "dagster"), "instance", "migrate"], env=env, check=True, timeout=120,
                    stdout=subprocess.DEVNULL)
-    webserver = _start([str(python_bin / "dagster-webserver"), "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
-                       env, dagster_home / "webserver.log")
-    daemon = _start([str(python_bin / "dagster-daemon"), "run", "-m", LOCATION], env, dagster_home / "daemon.log")
+    code_server_command, webserver_command, daemon_command = production_commands(workspace, code_port)
+    code_server = _start(code_server_command, env, dagster_home / "code_server.log")
+    webserver = _start([*webserver_command, "-h", "127.0.0.1", "-p", str(port)], env, dagster_home / "webserver.log")
     deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
+    daemon = None
     try:
         wait_until_serving(deployment.url, webserver, dagster_home / "webserver.log")
         deployment.wait_until_code_loaded()
+        # Started once the code server answers: the daemon loads its workspace at start and again only a
+        # minute later, so a location still starting would hold its queued runs and sensors back until then.
+        daemon = _start(daemon_command, env, dagster_home / "daemon.log")
         yield deployment
     finally:
-        _stop(daemon)
-        _stop(webserver)
+        for process in (daemon, webserver, code_server):
+            if process is not None:
+                _stop(process)
         deployment.http.close()
 
 
