@@ -15,17 +15,23 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimu
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 
 
-# The modules that start a whole Dagster deployment take about half of the workers' time (December 2026, in this
-# order: 2.5, 1.9, 1.8, 1.7 and 1.4 minutes, the freshness one mostly waiting for its window). Collected first,
-# pytest-xdist's workers (pyproject's addopts) start them at once and share the other modules around them.
-LONGEST_FIRST = ("test_ui_backfills.py", "test_freshness_and_alerts.py", "test_ui_in_browser.py",
-                 "test_postgres_deployment.py", "test_retailers_deployment.py")
+# Modules by their time in a whole run on three workers, slowest first (December 2026, seconds: the deployments
+# 129, 121, 105, 101 and 79, then 81, 64, 50, 47, 42, 39, 37, 25, 24, 22, 21, 21, 20, 15); the others, a few
+# seconds each, keep their order after them. pytest-xdist's workers (pyproject's addopts) take modules in this
+# order, so the last ones to start are short and the workers finish together: in collection order, one worker
+# still ran a 50 s and an 81 s module while the other two had finished (a core idle for the last ~30 s).
+SLOWEST_FIRST = ("test_ui_in_browser.py", "test_postgres_deployment.py", "test_freshness_and_alerts.py",
+                 "test_ui_backfills.py", "test_retailers_deployment.py", "test_object_storage.py",
+                 "test_backlog_and_scorecards.py", "test_analyst_database.py", "test_dagster_commands.py",
+                 "test_readme_and_cli.py", "test_secrets_and_personal_data.py", "test_daily_sync.py",
+                 "test_retailers.py", "test_report.py", "test_upstream_changes.py", "test_atomicity.py",
+                 "test_not_found.py", "test_bench.py", "test_settings.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: every other test keeps its order
 
