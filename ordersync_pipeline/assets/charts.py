@@ -8,6 +8,7 @@ Dagster and no DuckDB; the callers run the queries.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -145,6 +146,7 @@ def _tidy(ax: Axes) -> None:
     ax.tick_params(labelsize=8)
 
 
+@functools.cache  # three texts, two formats: the same bytes every time, and a process's runs often draw one again
 def _message(text: str, fmt: Format) -> bytes:
     figure = _figure(width=7.5, height=1.0)
     figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555555")
