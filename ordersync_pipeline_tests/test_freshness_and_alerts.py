@@ -206,5 +206,5 @@ def test_failure_recovery_and_stale_publish_alert_once_each(tmp_path, simulator,
     everything = json.dumps(bodies) + "".join(m.as_string() for m in mails.items)
     assert SIMULATOR_API_KEY not in everything and PASSWORD not in everything
     assert logins and all(login == ("pipeline", PASSWORD) for login in logins)
-    for log in ("webserver.log", "daemon.log"):
+    for log in ("code_server.log", "webserver.log", "daemon.log"):  # sensors send the alerts from the code server
         assert PASSWORD not in (home / log).read_text()
