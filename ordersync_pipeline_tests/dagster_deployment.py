@@ -1,4 +1,5 @@
-"""Start dagster-webserver and dagster-daemon on loopback, drive them through GraphQL, stop them all."""
+"""Start a code server, dagster-webserver and dagster-daemon on loopback as the README's production section does,
+drive them through GraphQL, stop them all."""
 
 import os
 import signal
@@ -18,7 +19,6 @@ from ordersync_pipeline.orchestration.freshness import FRESHNESS_CHECK_NAME
 from ordersync_pipeline.orchestration.retailer_scope import DUCKDB_WRITERS_POOL
 from ordersync_pipeline_tests.support import README, ROOT
 
-LOCATION = "ordersync_pipeline.definitions"
 CODE_SERVER_WORKSPACE = INSTANCE_CONFIG.with_name("workspace-code-server.yaml")
 
 # The daemon's waits, shortened for tests; what the product ships keeps Dagster's defaults. The run queue is
@@ -42,9 +42,10 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+    """SIGINT to the process's group, then SIGKILL; the group even when its leader has exited already (a code
+    server's gRPC child and runs would outlive it)."""
+    signals = ((signal.SIGKILL, 10),) if process.poll() is not None else ((signal.SIGINT, 20), (signal.SIGKILL, 10))
+    for sig, grace in signals:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -84,11 +85,15 @@ class Deployment:
         assert "errors" not in body, body["errors"]
         return body["data"]
 
-    def wait_until_code_loaded(self, timeout: float = 120) -> None:
+    def wait_until_code_loaded(self, timeout: float = 120, code_server: subprocess.Popen | None = None) -> None:
         """Until the code location has loaded; fails with Dagster's own error if it could not load. A code
-        server still starting is waited for: the webserver reconnects to it by itself."""
+        server still starting is waited for (the webserver reconnects to it by itself); one that exited fails
+        at once, with its log."""
         deadline = time.monotonic() + timeout
         while True:
+            if code_server is not None:
+                log = self.logs / "code_server.log"
+                assert code_server.poll() is None, f"the code server exited:\n{log.read_text()[-3000:]}"
             entries = self.graphql("""{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
                 locationOrLoadError { __typename ... on PythonError { message } } } } } }""")["workspaceOrError"]
             entries = entries.get("locationEntries") or []
@@ -194,8 +199,13 @@ def production_commands(workspace: str, code_port: int) -> list[list[str]]:
     commands = [line.split() for line in block.strip().splitlines()]
     shipped = str(CODE_SERVER_WORKSPACE.relative_to(ROOT))
     assert [c[0] for c in commands] == ["dagster", "dagster-webserver", "dagster-daemon"], commands
+    # The README's code server listens where the shipped workspace file points the webserver and the daemon.
+    (entry,) = yaml.safe_load(CODE_SERVER_WORKSPACE.read_text())["load_from"]
+    shipped_port = str(entry["grpc_server"]["port"])
+    assert commands[0][commands[0].index("-p") + 1] == shipped_port, (commands[0], shipped_port)
+    assert commands[1][1:] == ["-w", shipped] and commands[2][1:] == ["run", "-w", shipped], commands
     python_bin = Path(sys.executable).parent
-    return [[str(python_bin / c[0]), *[{shipped: workspace, "4266": str(code_port)}.get(a, a) for a in c[1:]]]
+    return [[str(python_bin / c[0]), *[{shipped: workspace, shipped_port: str(code_port)}.get(a, a) for a in c[1:]]]
             for c in commands]
 
 
@@ -224,21 +234,21 @@ def running_deployment(dagster_home: Path, env: dict[str, str]):
     subprocess.run([str(python_bin / "dagster"), "instance", "migrate"], env=env, check=True, timeout=120,
                    stdout=subprocess.DEVNULL)
     code_server_command, webserver_command, daemon_command = production_commands(workspace, code_port)
-    code_server = _start(code_server_command, env, dagster_home / "code_server.log")
-    webserver = _start([*webserver_command, "-h", "127.0.0.1", "-p", str(port)], env, dagster_home / "webserver.log")
+    started: list[subprocess.Popen] = []  # stopped last first: daemon, webserver, code server
     deployment = Deployment(f"http://127.0.0.1:{port}", dagster_home)
-    daemon = None
     try:
+        started.append(code_server := _start(code_server_command, env, dagster_home / "code_server.log"))
+        started.append(webserver := _start([*webserver_command, "-h", "127.0.0.1", "-p", str(port)], env,
+                                           dagster_home / "webserver.log"))
         wait_until_serving(deployment.url, webserver, dagster_home / "webserver.log")
-        deployment.wait_until_code_loaded()
-        # Started once the code server answers: the daemon loads its workspace at start and again only a
-        # minute later, so a location still starting would hold its queued runs and sensors back until then.
-        daemon = _start(daemon_command, env, dagster_home / "daemon.log")
+        deployment.wait_until_code_loaded(code_server=code_server)
+        # Started once the code location answers, so the daemon's first passes (run queue, sensors, backfills)
+        # find it loaded rather than unreachable.
+        started.append(_start(daemon_command, env, dagster_home / "daemon.log"))
         yield deployment
     finally:
-        for process in (daemon, webserver, code_server):
-            if process is not None:
-                _stop(process)
+        for process in reversed(started):
+            _stop(process)
         deployment.http.close()
 
 

@@ -324,3 +324,7 @@ def test_every_way_of_starting_the_ui_names_one_code_location():
         dagster_settings["module_name"], dagster_settings["code_location_name"]) == (
         dg_project["code_location_target_module"], dg_project["code_location_name"]) == (
         "ordersync_pipeline.definitions", "ordersync_pipeline")
+    # Production's code server (README) is the same module under the same name, through the shipped workspace file.
+    (served,) = yaml.safe_load(WORKSPACE.with_name("workspace-code-server.yaml").read_text())["load_from"]
+    assert served["grpc_server"]["location_name"] == "ordersync_pipeline"
+    assert "dagster code-server start -m ordersync_pipeline.definitions " in README
