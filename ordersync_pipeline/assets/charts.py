@@ -48,9 +48,9 @@ def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> byt
     edges = lead_time_bin_edges(float(lead_times["lead_time_days"].max()))
     width, height = 7.5, 1.0 + 1.45 * len(carriers)
     figure = _figure(width, height, layout=None)
-    # Fixed margins (inches) where the other charts are laid out by matplotlib's constrained layout: it took half
-    # of this chart's ~0.3 s, and every daily run draws it. They are what that layout gives this chart, with
-    # room on the left for 6-digit counts: nothing else in a panel's frame changes with the data.
+    # Fixed margins (inches) instead of matplotlib's constrained layout, which the other charts keep: it took half
+    # of this chart's ~0.3 s, and every daily run draws it. They are what that layout gave this chart, with room
+    # on the left for 6-digit counts: nothing else in a panel's frame changes with the data.
     figure.subplots_adjust(left=0.72 / width, right=1 - 0.11 / width, bottom=0.45 / height, top=1 - 0.5 / height,
                            hspace=0.285)
     axes = figure.subplots(len(carriers), 1, sharex=True, squeeze=False)[:, 0]
@@ -172,7 +172,8 @@ def _render(figure: Figure, fmt: Format) -> bytes:
             # The constrained layout, run once here: left to savefig, it runs inside a whole draw with rendering
             # disabled, then draws again for real. Same pixels, ~9 % less CPU; every daily run draws three PNGs.
             # (SVG is laid out at 72 dpi by its own renderer: left to savefig, as it is drawn only for reports.)
-            if figure.axes and figure.get_layout_engine():  # as Figure.draw does: a message has no axes to lay out
+            # As Figure.draw does: nothing to lay out in a message (no axes) or the lead-time chart (fixed margins).
+            if figure.axes and figure.get_layout_engine():
                 try:
                     figure.get_layout_engine().execute(figure)
                 except ValueError:  # Figure.draw goes on without the layout then, and so does savefig
