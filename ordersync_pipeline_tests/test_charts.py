@@ -61,6 +61,29 @@ def test_every_chart_renders_png_and_svg_even_without_rows():
     assert b"target 7 d" in drawn[2]("svg") and b"(no supplier)" in drawn[2]("svg")
 
 
+@pytest.mark.parametrize("lines_per_bin", [3, 250_000])
+def test_the_lead_time_chart_keeps_every_label_inside_its_fixed_margins(monkeypatch, lines_per_bin):
+    """It is not laid out by matplotlib (fixed margins): tick labels of 1 to 6 digits, titles and the x label must
+    still be inside the picture, and no panel's title may run into the chart title or the panel above."""
+    drawn = []
+    monkeypatch.setattr(charts, "_render", lambda figure, fmt: drawn.append(figure) or b"")
+    days = pl.DataFrame({"carrier": ["a-carrier-with-a-long-name", "ups"], "lead_time_days": [2.0, 30.0]})
+    charts.lead_time_distribution(days.select(pl.all().repeat_by(lines_per_bin).explode()))
+    (figure,) = drawn
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    (title,) = [t.get_window_extent(renderer) for t in figure.findobj(Text)
+                if t.get_text() == "Lead time by carrier, delivered lines"]
+    boxes = [ax.get_tightbbox(renderer) for ax in figure.axes]  # ticks, labels, titles and p50/p90 labels
+    inside = figure.bbox
+    for box in [*boxes, title]:
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, box
+    assert boxes[0].y1 < title.y0  # the first panel's title is below the chart's
+    assert all(lower.y1 < upper.y0 for upper, lower in zip(boxes, boxes[1:]))  # panels do not overlap
+
+
 def test_pngs_are_the_pixels_savefig_would_lay_out_itself(monkeypatch):
     """_render lays a PNG out once, before savefig, instead of savefig's layout pass inside a draw: same bytes."""
     monkeypatch.setattr(charts, "_message", charts._message.__wrapped__)  # drawn each time, not from the cache

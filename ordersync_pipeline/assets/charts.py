@@ -64,7 +64,8 @@ def lead_time_distribution(lead_times: pl.DataFrame, fmt: Format = "png") -> byt
         for q, colour in ((0.5, P50), (0.9, P90)):
             value = float(days.quantile(q, "linear"))  # as DuckDB's quantile_cont
             ax.axvline(value, color=colour, linewidth=1.6, linestyle="--")
-            _label_line(ax, value, f"p{round(q * 100)} {value:.1f} d", colour)
+            # Left of its line in the last fifth of the axis: the margins are fixed, nothing makes room past the edge.
+            _label_line(ax, value, f"p{round(q * 100)} {value:.1f} d", colour, left=value > 0.8 * edges[-1])
         ax.set_ylabel("lines", fontsize=8)
         ax.set_title(f"{carrier}  ({days.len():,} delivered)", fontsize=9, loc="left")
         _tidy(ax)
@@ -141,10 +142,12 @@ def _figure(width: float, height: float, layout: Literal["constrained"] | None =
     return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
-def _label_line(ax: Axes, x: float, text: str, colour: str, above: bool = False) -> None:
-    """A label at the top of a vertical marker line, on white so the bars behind it do not hide it."""
-    ax.annotate(text, (x, 1), xycoords=("data", "axes fraction"), xytext=(3, 2 if above else -2),
-                textcoords="offset points", va="bottom" if above else "top", fontsize=8, color=colour,
+def _label_line(ax: Axes, x: float, text: str, colour: str, above: bool = False, left: bool = False) -> None:
+    """A label at the top of a vertical marker line (right of it, or `left`), on white so the bars behind it do
+    not hide it."""
+    ax.annotate(text, (x, 1), xycoords=("data", "axes fraction"), xytext=(-3 if left else 3, 2 if above else -2),
+                textcoords="offset points", ha="right" if left else "left", va="bottom" if above else "top",
+                fontsize=8, color=colour,
                 bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
 
 
