@@ -16,7 +16,6 @@ import yaml
 
 from ordersync_pipeline.cli import INSTANCE_CONFIG
 from ordersync_pipeline.orchestration.freshness import FRESHNESS_CHECK_NAME
-from ordersync_pipeline.orchestration.retailer_scope import DUCKDB_WRITERS_POOL
 from ordersync_pipeline_tests.support import README, ROOT
 
 CODE_SERVER_WORKSPACE = INSTANCE_CONFIG.with_name("workspace-code-server.yaml")
@@ -149,6 +148,16 @@ class Deployment:
             time.sleep(2)
         raise AssertionError(f"runs tagged {tag} not finished after {timeout} s; logs in {self.logs}")
 
+    def wait_until_dequeued(self, run_id: str, timeout: float) -> None:
+        """Until the daemon has taken the run from the queue (started, or already finished)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = self.graphql("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})
+            if data["runOrError"]["status"] not in ("QUEUED", "NOT_STARTED"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"run {run_id} still queued after {timeout} s; logs in {self.logs}")
+
     def wait_for_backfill_runs(self, backfill_id: str, count: int, timeout: float) -> list[dict]:
         """The backfill's runs once `count` of them have finished. The backfill's own status changes only at the
         daemon's next pass (every 30 s, no setting), so tests that go on from the runs wait for it later."""
@@ -176,7 +185,7 @@ class Deployment:
         data = self.graphql("""
             query($key: String!, $value: String!) {
               runsOrError(filter: {tags: [{key: $key, value: $value}]}, limit: 500) {
-                ... on Runs { results { runId status startTime endTime } } } }""", {"key": key, "value": value})
+                ... on Runs { results { runId status creationTime startTime endTime } } } }""", {"key": key, "value": value})
         return data["runsOrError"]["results"]
 
 
@@ -290,8 +299,9 @@ def overlapping_steps(steps: list[tuple[float, float, str, str]]) -> list[tuple]
     return overlaps
 
 
-def pool_blocked_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
-    """Steps Dagster held back because the pool was full (its engine event, as the UI shows it)."""
-    return [f"{run_id}:{event.step_key}" for run_id in run_ids
-            for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-            if event.user_message == f"Step blocked by limit for pool {DUCKDB_WRITERS_POOL}"]
+def queued_behind_another(runs: list[dict]) -> list[str]:
+    """Runs launched while the run before them was in progress that started only after it had ended: the
+    daemon held them in the queue for the pool (the instance would otherwise start up to 4 at once)."""
+    ordered = sorted(runs, key=lambda run: run["startTime"])
+    return [run["runId"] for before, run in zip(ordered, ordered[1:])
+            if run["creationTime"] < before["endTime"] <= run["startTime"]]

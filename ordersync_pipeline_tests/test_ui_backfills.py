@@ -4,7 +4,6 @@ analyst keeps a session open on the published file: analysts and the pipeline ne
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from ordersync_pipeline_tests.dagster_deployment import (
     duckdb_step_intervals,
     max_overlap,
     overlapping_steps,
-    pool_blocked_steps,
+    queued_behind_another,
     running_deployment,
 )
 from ordersync_pipeline_tests.truth import assert_table_equals_truth
@@ -33,11 +32,9 @@ def days(first: dt.date, count: int) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
 
 
-# Separate runs of daily_order_sync launched at once: more than the instance runs at a time (4), so runs
-# queue, several are in flight, wait at the pool and publish one after another. 30 runs proved nothing 8 do not
-# (each run meets the same 3 others), at four times the minutes; 5 still queue one behind the first four.
+# Separate runs of daily_order_sync launched at once: more than the instance runs at a time (4), so without the
+# pool several would be in flight together. 30 runs proved nothing 8 do not, at four times the minutes.
 SEPARATE_RUNS = 5
-RACE_BOUND = 4  # overlapping step pairs (or lock waits) the SQLite race below may cause
 
 
 def ask(analyst: subprocess.Popen, command: str) -> dict:
@@ -85,7 +82,9 @@ def test_ui_backfill_and_separate_runs_complete_without_lock_failures_while_an_a
                 runs = ui.wait_for_runs(("test", "separate-runs"), count=SEPARATE_RUNS, timeout=900)
                 failed = [r["runId"] for r in runs if r["status"] != "SUCCESS"]
                 assert not failed, f"{len(failed)} runs failed; logs in {home}"
-                assert max_overlap(runs) > 1, "expected several runs in flight at once"
+                # The pool (granularity "run") kept them one at a time: each waited in the queue for the one before.
+                assert max_overlap(runs) == 1, "runs of the pool were in progress together"
+                assert len(queued_behind_another(runs)) == SEPARATE_RUNS - 1, runs
                 # The held session still answers from the snapshot it opened, consistently, even the rows of
                 # the query it held open across every publish.
                 assert ask(analyst, "ask") == seen_first
@@ -111,35 +110,17 @@ def test_ui_backfill_and_separate_runs_complete_without_lock_failures_while_an_a
                 (dt.date(2025, 11, 1), last_day)]
         assert os.listdir(os.path.dirname(published)) == ["ordersync.duckdb"]
 
-        # Success alone would not show the pool at work (a run's lock wait could absorb the contention):
-        # Dagster must have held steps back for the pool, and no two runs' DuckDB steps should overlap in time.
+        # Analysts never hold the working file, and the pool kept runs apart: no run waited on DuckDB's lock, and
+        # no two runs' DuckDB steps overlapped in time.
         instance = dg.DagsterInstance.from_config(str(home))
-        run_ids = [r["runId"] for r in runs]
-        assert pool_blocked_steps(instance, run_ids), "no step was ever held back by the pool"
-        # Analysts never hold the working file: a run that waited on DuckDB's lock waited on another run's
-        # process (the race below), never on the analyst's session or anything else.
+        every_run = [week_run, *publish, *runs]
+        assert max_overlap(every_run) == 1
+        run_ids = [r["runId"] for r in every_run]
         lock_waits = [e.user_message for run_id in run_ids for e in instance.all_logs(run_id)
                       if "DuckDB file locked" in e.user_message]
-        run_pids = {e.dagster_event.pid for run in instance.get_runs() for e in instance.all_logs(run.run_id)
-                    if e.dagster_event is not None}
-        holders = [re.search(r"\(PID (\d+)\), waiting$", message) for message in lock_waits]
-        assert all(holders) and {int(h[1]) for h in holders} <= run_pids, (lock_waits, analyst.pid)
+        assert lock_waits == []
         steps = duckdb_step_intervals(instance, run_ids)
-        assert len(steps) >= SEPARATE_RUNS * 4  # the four assets of each run, at least
-        overlapping = overlapping_steps(steps)
+        assert len(steps) >= len(every_run) * 4  # the four assets of each run, at least
+        assert overlapping_steps(steps) == []
         with duckdb.connect(database, read_only=True) as conn:
             assert conn.execute("SELECT count(*) FROM order_status_refreshes").fetchall()[0][0] == SEPARATE_RUNS
-    # Bounded: the race below overlapped 2 of 262 steps on a quiet machine, 7 pairs in 30 runs with the suite's
-    # other worker busy, none in 7 runs of 8-10 separate runs, and with 5 runs in the suite on three workers 1
-    # pair in one run of four, none in the others (December 2026). A pool limit of 10 instead of 1 gave 111
-    # overlapping pairs and 35 lock waits with 8 runs, and with these 5 fails at "no step was ever held back by
-    # the pool" above; the bound is absolute so a rare race in a few runs does not fail the suite.
-    assert len(overlapping) <= RACE_BOUND, f"{len(overlapping)} overlaps of DuckDB steps of different runs: {overlapping[:3]}"
-    assert len(set(lock_waits)) <= RACE_BOUND, lock_waits
-    if overlapping or lock_waits:
-        # Seen in 2 of 262 steps (November 2026), more often on a loaded machine: Dagster 1.13's SQL storage claims
-        # a slot with SELECT ... FOR UPDATE SKIP LOCKED and an UPDATE by id alone, and SQLite ignores the row lock,
-        # so two processes can claim the same free slot. The lock wait then absorbs the overlap (every assertion
-        # above still holds).
-        pytest.xfail(f"the pool let {len(overlapping)} pairs of DuckDB steps of different runs overlap (SQLite storage "
-                     f"race): {overlapping[:2]}; {len(set(lock_waits))} lock waits: {lock_waits[:2]}")
