@@ -15,17 +15,19 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimu
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 
 
-# Modules by their time in a whole run on three workers, slowest first (December 2026, seconds: the deployments
-# 129, 121, 105, 101 and 79, then 81, 64, 50, 47, 42, 39, 37, 25, 24, 22, 21, 21, 20, 15); the others, a few
-# seconds each, keep their order after them. pytest-xdist's workers (pyproject's addopts) take modules in this
-# order, so the last ones to start are short and the workers finish together: in collection order, one worker
-# still ran a 50 s and an 81 s module while the other two had finished (a core idle for the last ~30 s).
-SLOWEST_FIRST = ("test_ui_in_browser.py", "test_postgres_deployment.py", "test_freshness_and_alerts.py",
-                 "test_ui_backfills.py", "test_retailers_deployment.py", "test_object_storage.py",
-                 "test_backlog_and_scorecards.py", "test_analyst_database.py", "test_dagster_commands.py",
-                 "test_readme_and_cli.py", "test_secrets_and_personal_data.py", "test_daily_sync.py",
-                 "test_retailers.py", "test_report.py", "test_upstream_changes.py", "test_atomicity.py",
-                 "test_not_found.py", "test_bench.py", "test_settings.py")
+# Modules by their time in a whole run on three workers, longest first (December 2026, seconds: the browser 131,
+# freshness 108, then 71, 81, 103, 65, 60, 56, 55, 42, 42, 37, 36, 35, 25, 18, 14, 14), except that the third
+# one to start is the UI-backfill module, busy on the CPU throughout, rather than the PostgreSQL or object-storage
+# modules, which wait on daemons and retries as the first two do: three waiting modules at once left a core idle.
+# The others, a few seconds each, keep their order after them. pytest-xdist's workers (pyproject's addopts) take
+# modules in this order, so the last ones to start are short and the workers finish together: in collection
+# order, one worker still ran a 50 s and an 81 s module while the other two had finished.
+SLOWEST_FIRST = ("test_ui_in_browser.py", "test_freshness_and_alerts.py", "test_ui_backfills.py",
+                 "test_postgres_deployment.py", "test_object_storage.py", "test_readme_and_cli.py",
+                 "test_secrets_and_personal_data.py", "test_analyst_database.py", "test_retailers_deployment.py",
+                 "test_dagster_commands.py", "test_daily_sync.py", "test_retailers.py",
+                 "test_backlog_and_scorecards.py", "test_upstream_changes.py", "test_not_found.py",
+                 "test_settings.py", "test_atomicity.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
