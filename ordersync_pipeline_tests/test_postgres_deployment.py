@@ -82,10 +82,10 @@ def deployment(postgres, tmp_path_factory):
             yield SimpleNamespace(ui=ui, sim=sim, home=home, database=database)
 
 
-@pytest.mark.timeout(1500)  # a PostgreSQL server, a deployment and 6 runs; far longer while the machine is loaded
+@pytest.mark.timeout(1500)  # a PostgreSQL server, a deployment and 5 runs; far longer while the machine is loaded
 def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_under_the_shipped_pool_limit(
         deployment, postgres, monkeypatch):
-    """The shipped limit on the PostgreSQL instance: daily runs of 4 days, as many as the instance runs at once,
+    """The shipped limit on the PostgreSQL instance: daily runs of 3 days, fewer than the instance runs at once,
     launched with a UI backfill of the 5 days before (one run, created at the backfill daemon's next pass), then
     the sensor's publishing run: the daemon starts them one at a time (pool granularity "run"), so not one
     overlap of their DuckDB steps and no lock wait, and every run, event and file where the production
@@ -93,7 +93,7 @@ def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_und
     ui, sim = deployment.ui, deployment.sim
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)
-    first, backfill_last, last = dt.date(2025, 11, 20), dt.date(2025, 11, 24), dt.date(2025, 11, 28)
+    first, backfill_last, last = dt.date(2025, 11, 20), dt.date(2025, 11, 24), dt.date(2025, 11, 27)
     separate_runs = (last - backfill_last).days
     days = [str(backfill_last + dt.timedelta(days=offset)) for offset in range(1, separate_runs + 1)]
     # Dagster sets a pool's limit in storage at the run queue's first pass that sees one of its runs, and does
