@@ -15,13 +15,14 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimu
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env, range_tags
 
 
-# Modules by their time in a whole run on three workers, longest first (December 2026, seconds: the browser 131,
-# then 71, 81, 108, 103, 65, 60, 56, 55, 42, 42, 37, 36, 35, 25, 18, 14, 14), except that the freshness module
-# (108 s, most of it waiting for its one-minute window) starts fourth: started beside the browser module, which
-# waits on the backfill daemon, their waits met and a core stood idle for ~20 s (CPU idle from /proc/stat, two
-# runs; not in this order). The others, a few seconds each, keep their order after them. pytest-xdist's workers
-# (pyproject's addopts) take modules in this order, so the last ones to start are short and the workers finish
-# together: in collection order, one worker still ran a 50 s and an 81 s module while the other two had finished.
+# Modules by their time in a whole run on three workers (December 2026, seconds: the browser 131, the UI backfill 71,
+# PostgreSQL 81, freshness 108, object storage 103, then 65, 60, 56, 55, 42, 42, 37, 36, 35, 25, 18, 14, 14): longest
+# first, except that the four longest are ordered so that the two that mostly wait (the browser module on the
+# backfill daemon, the freshness module on its one-minute window) do not start side by side: they did, and their
+# waits met and left a core idle for ~20 s (CPU idle from /proc/stat, two runs). The others, a few seconds each,
+# keep their order after them. pytest-xdist's workers (pyproject's addopts) take modules in this order, so the last
+# ones to start are short and the workers finish together: in collection order, one worker still ran a 50 s and
+# an 81 s module while the other two had finished.
 SLOWEST_FIRST = ("test_ui_in_browser.py", "test_ui_backfills.py", "test_postgres_deployment.py",
                  "test_freshness_and_alerts.py", "test_object_storage.py", "test_readme_and_cli.py",
                  "test_secrets_and_personal_data.py", "test_analyst_database.py", "test_retailers_deployment.py",
