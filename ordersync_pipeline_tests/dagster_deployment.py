@@ -299,6 +299,12 @@ def overlapping_steps(steps: list[tuple[float, float, str, str]]) -> list[tuple]
     return overlaps
 
 
+def held_for_the_pool(dagster_home: Path, run_ids: list[str]) -> list[str]:
+    """Runs the daemon's run queue logged as blocked by the pool's limit (its own words, at info level)."""
+    log = (dagster_home / "daemon.log").read_text()
+    return [run_id for run_id in run_ids if f"Run {run_id} is blocked by global concurrency limits" in log]
+
+
 def queued_behind_another(runs: list[dict]) -> list[str]:
     """Runs launched while the run before them was in progress that started only after it had ended: the
     daemon held them in the queue for the pool (the instance would otherwise start up to 4 at once)."""

@@ -20,6 +20,7 @@ from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import (
     duckdb_step_intervals,
     free_port,
+    held_for_the_pool,
     max_overlap,
     overlapping_steps,
     queued_behind_another,
@@ -55,7 +56,7 @@ def postgres():
 
     run(f"{bin_dir}/initdb -D {root}/data -U postgres -A trust")
     run(f"{bin_dir}/pg_ctl -D {root}/data -w -l {root}/server.log "
-        f"-o '-p {port} -k {root} -c listen_addresses=127.0.0.1' start")
+        f"-o '-p {port} -k {root} -c listen_addresses=127.0.0.1 -c timezone=UTC' start")
     try:
         run(f"{bin_dir}/createdb -h 127.0.0.1 -p {port} -U postgres dagster")
         yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": "postgres",
@@ -85,8 +86,9 @@ def deployment(postgres, tmp_path_factory):
 @pytest.mark.timeout(1500)  # a PostgreSQL server, a deployment and 5 runs; far longer while the machine is loaded
 def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_under_the_shipped_pool_limit(
         deployment, postgres, monkeypatch):
-    """The shipped limit on the PostgreSQL instance: daily runs of 3 days, fewer than the instance runs at once,
-    launched with a UI backfill of the 5 days before (one run, created at the backfill daemon's next pass), then
+    """The shipped limit on the PostgreSQL instance: daily runs of 3 days, fewer than the instance runs at once
+    (the first launched alone, so that the pool has its limit; then two more), launched with a UI backfill of the
+    5 days before (one run, created at the backfill daemon's next pass), then
     the sensor's publishing run: the daemon starts them one at a time (pool granularity "run"), so not one
     overlap of their DuckDB steps and no lock wait, and every run, event and file where the production
     configuration puts it."""
@@ -97,7 +99,7 @@ def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_und
     separate_runs = (last - backfill_last).days
     days = [str(backfill_last + dt.timedelta(days=offset)) for offset in range(1, separate_runs + 1)]
     # Dagster sets a pool's limit in storage at the run queue's first pass that sees one of its runs, and does
-    # not apply it in that same pass: a fresh instance's first run goes alone (operations.md, "Concurrency").
+    # not apply it in that same pass, so the test lets the first run go alone (operations.md, "Concurrency").
     ui.wait_until_dequeued(ui.launch_partition_run("daily_order_sync", days[0], {"test": "pool-limit"}), timeout=120)
     backfill = ui.launch_backfill({"partitionsByAssets": [{
         "assetKey": {"path": ["order_statuses"]},
@@ -112,6 +114,7 @@ def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_und
     assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs)
     assert max_overlap(runs) == 1, "runs of the pool were in progress together"
     assert len(queued_behind_another(runs)) >= separate_runs - 1, runs  # launched together, run one by one
+    assert held_for_the_pool(deployment.home, [r["runId"] for r in runs]), "the daemon never held a run for the pool"
     for path in duckdb_env(deployment.database).values():  # the working file and the published one
         assert_table_equals_truth(path, sim.records_for_days(first, last))
 

@@ -18,6 +18,7 @@ from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, OrderSyncSimu
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW, duckdb_env
 from ordersync_pipeline_tests.dagster_deployment import (
     duckdb_step_intervals,
+    held_for_the_pool,
     max_overlap,
     overlapping_steps,
     queued_behind_another,
@@ -77,7 +78,7 @@ def test_ui_backfill_and_separate_runs_complete_without_lock_failures_while_an_a
                 assert (seen_first["last_day"], seen_first["days"]) == ("2025-11-07", 7)
 
                 # 3. Days launched as separate runs of daily_order_sync (what the UI's partition launcher, or
-                # schedule catch-up, does): several in flight, all writing one working file, all publishing.
+                # schedule catch-up, does): launched together, all writing one working file, all publishing.
                 for day in days(dt.date(2025, 11, 8), SEPARATE_RUNS):
                     ui.launch_partition_run("daily_order_sync", day, {"test": "separate-runs"})
                 runs = ui.wait_for_runs(("test", "separate-runs"), count=SEPARATE_RUNS, timeout=900)
@@ -86,6 +87,7 @@ def test_ui_backfill_and_separate_runs_complete_without_lock_failures_while_an_a
                 # The pool (granularity "run") kept them one at a time: each waited in the queue for the one before.
                 assert max_overlap(runs) == 1, "runs of the pool were in progress together"
                 assert len(queued_behind_another(runs)) == SEPARATE_RUNS - 1, runs
+                assert held_for_the_pool(home, [r["runId"] for r in runs]), "the daemon never held a run for the pool"
                 # The held session still answers from the snapshot it opened, consistently, even the rows of
                 # the query it held open across every publish.
                 assert ask(analyst, "ask") == seen_first
