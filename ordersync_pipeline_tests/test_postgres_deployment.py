@@ -88,10 +88,9 @@ def test_a_ui_backfill_and_separate_runs_on_postgres_keep_duckdb_steps_apart_und
         deployment, postgres, monkeypatch):
     """The shipped limit on the PostgreSQL instance: daily runs of 3 days, fewer than the instance runs at once
     (the first launched alone, so that the pool has its limit; then two more), launched with a UI backfill of the
-    5 days before (one run, created at the backfill daemon's next pass), then
-    the sensor's publishing run: the daemon starts them one at a time (pool granularity "run"), so not one
-    overlap of their DuckDB steps and no lock wait, and every run, event and file where the production
-    configuration puts it."""
+    5 days before (one run, created at the backfill daemon's next pass), then the sensor's publishing run: the
+    daemon starts them one at a time (pool granularity "run"), so not one overlap of their DuckDB steps and no
+    lock wait, and every run, event and file where the production configuration puts it."""
     ui, sim = deployment.ui, deployment.sim
     for name, value in postgres.items():
         monkeypatch.setenv(name, value)

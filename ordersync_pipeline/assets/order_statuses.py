@@ -244,7 +244,8 @@ ORDER_STATUS_CHECKS = [
 def build_order_status_checks(scope: RetailerScope) -> list[dg.AssetChecksDefinition]:
     """The six checks of order_statuses, each its own check in the UI (name, description, blocking, result),
     run as one step on one connection: as six steps, their starts and events cost more than their queries (a
-    daily run in process took ~8 % more CPU; docs/development.md), and they would run one after another anyway. A check run alone (the UI's "Execute" on one check) runs only that one.
+    daily run in process took ~8 % more CPU; docs/development.md), and they would run one after another anyway.
+    A check run alone (the UI's "Execute" on one check) runs only that one.
 
     Each check reports even when another fails or raises: a check that raises is reported failed, with the
     error, at its own severity. So a blocking check that fails or raises fails the step after every selected
