@@ -25,6 +25,7 @@ CODE_SERVER_WORKSPACE = INSTANCE_CONFIG.with_name("workspace-code-server.yaml")
 # freshness daemon every 2 s (Dagster: 30 s). The backfill daemon's 30 s loop has no setting.
 QUICK_DEQUEUE_SECONDS = 1
 QUICK_DAEMON_ENV = {"ORDERSYNC_PUBLISH_SENSOR_SECONDS": "5", "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2"}
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")  # a run's statuses once it has ended
 
 
 def free_port() -> int:
@@ -139,24 +140,27 @@ class Deployment:
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
 
-    def wait_for_runs(self, tag: tuple[str, str], count: int, timeout: float) -> list[dict]:
+    def _poll(self, probe, timeout: float, what: str, interval: float = 2):
+        """probe()'s first truthy answer, asked every `interval` s; fails after `timeout` s naming `what`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if answer := probe():
+                return answer
+            time.sleep(interval)
+        raise AssertionError(f"{what} after {timeout} s; logs in {self.logs}")
+
+    def wait_for_runs(self, tag: tuple[str, str], count: int, timeout: float) -> list[dict]:
+        def finished() -> list[dict] | None:
             runs = self.runs_tagged(*tag)
-            if len(runs) == count and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
-                return runs
-            time.sleep(2)
-        raise AssertionError(f"runs tagged {tag} not finished after {timeout} s; logs in {self.logs}")
+            return runs if len(runs) == count and all(r["status"] in FINISHED for r in runs) else None
+        return self._poll(finished, timeout, f"runs tagged {tag} not finished")
 
     def wait_until_dequeued(self, run_id: str, timeout: float) -> None:
         """Until the daemon has taken the run from the queue (started, or already finished)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self.graphql("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})
-            if data["runOrError"]["status"] not in ("QUEUED", "NOT_STARTED"):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"run {run_id} still queued after {timeout} s; logs in {self.logs}")
+        query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+        def dequeued() -> bool:
+            return self.graphql(query, {"id": run_id})["runOrError"]["status"] not in ("QUEUED", "NOT_STARTED")
+        self._poll(dequeued, timeout, f"run {run_id} still queued", interval=0.5)
 
     def wait_for_backfill_runs(self, backfill_id: str, count: int, timeout: float) -> list[dict]:
         """The backfill's runs once `count` of them have finished. The backfill's own status changes only at the
@@ -164,19 +168,17 @@ class Deployment:
         return self.wait_for_runs(("dagster/backfill", backfill_id), count, timeout)
 
     def wait_for_backfill(self, backfill_id: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def finished() -> str | None:
             data = self.graphql("""
                 query($id: String!) { partitionBackfillOrError(backfillId: $id) {
                   __typename ... on PartitionBackfill { status } ... on PythonError { message } } }""",
                                 {"id": backfill_id})
             status = data["partitionBackfillOrError"].get("status")
-            if status in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"):
-                runs = self.backfill_runs(backfill_id)
-                if status != "COMPLETED" or all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
-                    return status
-            time.sleep(2)
-        raise AssertionError(f"backfill {backfill_id} not finished after {timeout} s; logs in {self.logs}")
+            if status not in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"):
+                return None
+            runs = self.backfill_runs(backfill_id)
+            return status if status != "COMPLETED" or all(r["status"] in FINISHED for r in runs) else None
+        return self._poll(finished, timeout, f"backfill {backfill_id} not finished")
 
     def backfill_runs(self, backfill_id: str) -> list[dict]:
         return self.runs_tagged("dagster/backfill", backfill_id)
@@ -185,7 +187,8 @@ class Deployment:
         data = self.graphql("""
             query($key: String!, $value: String!) {
               runsOrError(filter: {tags: [{key: $key, value: $value}]}, limit: 500) {
-                ... on Runs { results { runId status creationTime startTime endTime } } } }""", {"key": key, "value": value})
+                ... on Runs { results { runId status creationTime startTime endTime } } } }""",
+                            {"key": key, "value": value})
         return data["runsOrError"]["results"]
 
 
