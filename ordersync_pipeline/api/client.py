@@ -1,9 +1,10 @@
 """OrderSync Order Status API client: the four endpoints, paging and retries (the errors it raises, what it
 retries and the key's redaction are in api/errors.py; what one response means is in responses.py).
 
-Plain Python + httpx; knows nothing of Dagster. Bodies are decoded by records.decode_body: records of the
-documented shape as RegularRecord structs (typed in native code, no dict per record), anything else as the
-raw JSON values the API sent, so that normalisation sees exactly what arrived, surprises included.
+Plain Python + httpx, one connection per request in flight (connections.py); knows nothing of Dagster. Bodies
+are decoded by records.decode_body: records of the documented shape as RegularRecord structs (typed in native
+code, no dict per record), anything else as the raw JSON values the API sent, so that normalisation sees
+exactly what arrived, surprises included.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ordersync_pipeline.api.errors import (
     describe_failure,
     is_retryable,
 )
+from ordersync_pipeline.api.connections import ConnectionLender
 from ordersync_pipeline.api.records import as_json_value, record_id as _record_id
 from ordersync_pipeline.api.responses import DEFAULT_BASE_URL, Page, parse_page, wrong_base_url
 
@@ -121,6 +123,8 @@ class OrderSyncClient:
     budget per request. 400/401/403 fail at once with the server's message; so does 404, except that a
     look-up by PO or supplier order answered with the API's JSON 404 means "no lines" (see _look_up).
     Messages never hold the key, even when the server's error text echoes it (redact_key).
+    Each request in flight has a connection of its own (connections.py); `max_connections` of them stay open
+    between requests.
     """
 
     def __init__(
@@ -168,12 +172,12 @@ class OrderSyncClient:
         # The API's clock (`Date` header) at the latest response: when look-ups observed their statuses.
         self.last_server_time: dt.datetime | None = None
         self._rate_budget = RateBudget(requests_per_second) if requests_per_second else None
-        self._http = httpx.Client(
+        self._http = ConnectionLender(
             base_url=self.base_url,
             headers={"X-API-Key": api_key, "Accept": "application/json"},
             timeout=httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
             transport=transport,
-            limits=httpx.Limits(max_connections=max(max_connections, max_concurrent_pages + 1)),
+            keep=max(max_connections, max_concurrent_pages + 1),
         )
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_retryable),

@@ -1,0 +1,88 @@
+"""ConnectionLender against a real HTTP server on 127.0.0.1: each request in flight on a connection of its own,
+connections reused between requests, all of them closed by close()."""
+
+import http.server
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from ordersync_pipeline.api.connections import ConnectionLender
+
+IN_FLIGHT = 4
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.barrier = threading.Barrier(IN_FLIGHT, timeout=10)
+        self.ports_by_path: dict[str, list[int]] = {}
+        self.closed_ports: set[int] = set()
+        self.lock = threading.Lock()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection carries many requests
+
+    def do_GET(self):
+        with self.server.lock:
+            self.server.ports_by_path.setdefault(self.path, []).append(self.client_address[1])
+        status = 200
+        if self.path == "/together":
+            try:
+                self.server.barrier.wait()  # answers only once IN_FLIGHT requests are being handled at once
+            except threading.BrokenBarrierError:
+                status = 503
+        body = b"{}"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def finish(self):
+        super().finish()
+        with self.server.lock:
+            self.server.closed_ports.add(self.client_address[1])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    server = _Server()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_requests_in_flight_each_get_a_connection_and_idle_ones_are_reused_then_closed(server):
+    lender = ConnectionLender(base_url=f"http://127.0.0.1:{server.server_port}", headers={"X-API-Key": "k"},
+                              timeout=httpx.Timeout(20), keep=2)
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        statuses = list(pool.map(lambda _: lender.request("GET", "/together").status_code, range(IN_FLIGHT)))
+    # Sharing connections would serialise the requests and break the server's barrier (503 after 10 s).
+    assert statuses == [200] * IN_FLIGHT
+    together = set(server.ports_by_path["/together"])
+    assert len(together) == IN_FLIGHT
+
+    for _ in range(5):
+        assert lender.request("GET", "/one-at-a-time").status_code == 200
+    # One after another: one kept connection carries them all, no new connection per request.
+    one_at_a_time = set(server.ports_by_path["/one-at-a-time"])
+    assert len(one_at_a_time) == 1 and one_at_a_time <= together
+
+    lender.close()
+    deadline = time.monotonic() + 10
+    while not together <= server.closed_ports and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert together <= server.closed_ports  # the kept ones, and those closed when more than `keep` came back
+    with pytest.raises(RuntimeError, match="closed"):
+        lender.request("GET", "/after-close")
