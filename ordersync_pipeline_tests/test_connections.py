@@ -1,5 +1,5 @@
 """ConnectionLender against a real HTTP server on 127.0.0.1: each request in flight on a connection of its own,
-connections reused between requests, all of them closed by close()."""
+never more than max_connections at once, connections reused between requests, all of them closed by close()."""
 
 import http.server
 import threading
@@ -22,6 +22,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.barrier = threading.Barrier(IN_FLIGHT, timeout=10)
         self.ports_by_path: dict[str, list[int]] = {}
         self.closed_ports: set[int] = set()
+        self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
 
 
@@ -32,6 +33,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.ports_by_path.setdefault(self.path, []).append(self.client_address[1])
         status = 200
+        if self.path == "/slow":
+            with self.server.lock:
+                self.server.in_flight += 1
+                self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+            time.sleep(0.05)
+            with self.server.lock:
+                self.server.in_flight -= 1
         if self.path == "/together":
             try:
                 self.server.barrier.wait()  # answers only once IN_FLIGHT requests are being handled at once
@@ -63,26 +71,45 @@ def server():
     server.server_close()
 
 
-def test_requests_in_flight_each_get_a_connection_and_idle_ones_are_reused_then_closed(server):
-    lender = ConnectionLender(base_url=f"http://127.0.0.1:{server.server_port}", headers={"X-API-Key": "k"},
-                              timeout=httpx.Timeout(20), keep=2)
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        statuses = list(pool.map(lambda _: lender.request("GET", "/together").status_code, range(IN_FLIGHT)))
-    # Sharing connections would serialise the requests and break the server's barrier (503 after 10 s).
-    assert statuses == [200] * IN_FLIGHT
-    together = set(server.ports_by_path["/together"])
-    assert len(together) == IN_FLIGHT
+def _lender(server, max_connections: int) -> ConnectionLender:
+    return ConnectionLender(base_url=f"http://127.0.0.1:{server.server_port}", headers={"X-API-Key": "k"},
+                            timeout=httpx.Timeout(20), max_connections=max_connections)
 
-    for _ in range(5):
-        assert lender.request("GET", "/one-at-a-time").status_code == 200
-    # One after another: one kept connection carries them all, no new connection per request.
-    one_at_a_time = set(server.ports_by_path["/one-at-a-time"])
-    assert len(one_at_a_time) == 1 and one_at_a_time <= together
 
-    lender.close()
+def test_requests_in_flight_each_get_a_connection_reused_later_and_closed_by_close(server):
+    lender = _lender(server, max_connections=IN_FLIGHT)
+    try:
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            statuses = list(pool.map(lambda _: lender.request("GET", "/together").status_code, range(IN_FLIGHT)))
+        # Sharing connections would serialise the requests and break the server's barrier (503 after 10 s).
+        assert statuses == [200] * IN_FLIGHT
+        together = set(server.ports_by_path["/together"])
+        assert len(together) == IN_FLIGHT
+
+        for _ in range(5):
+            assert lender.request("GET", "/one-at-a-time").status_code == 200
+        # One after another: one kept connection carries them all, no new connection per request.
+        one_at_a_time = set(server.ports_by_path["/one-at-a-time"])
+        assert len(one_at_a_time) == 1 and one_at_a_time <= together
+        assert not together & server.closed_ports  # all kept open until close()
+    finally:
+        lender.close()
     deadline = time.monotonic() + 10
     while not together <= server.closed_ports and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert together <= server.closed_ports  # the kept ones, and those closed when more than `keep` came back
-    with pytest.raises(RuntimeError, match="closed"):
+    assert together <= server.closed_ports
+    with pytest.raises(RuntimeError, match="OrderSync client is closed"):
         lender.request("GET", "/after-close")
+
+
+def test_never_more_connections_than_max_connections(server):
+    lender = _lender(server, max_connections=2)
+    try:
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            statuses = list(pool.map(lambda _: lender.request("GET", "/slow").status_code, range(3 * IN_FLIGHT)))
+    finally:
+        lender.close()
+    assert statuses == [200] * (3 * IN_FLIGHT)
+    # Four threads asked at once; the others waited for one of the two connections, as httpx's own pool does.
+    assert server.most_in_flight == 2
+    assert len(set(server.ports_by_path["/slow"])) == 2

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from ordersync_pipeline.api.connections import ConnectionLender
 from ordersync_pipeline.api.errors import (
     OrderSyncConfigError,
     OrderSyncNotFoundError,
@@ -33,7 +34,6 @@ from ordersync_pipeline.api.errors import (
     describe_failure,
     is_retryable,
 )
-from ordersync_pipeline.api.connections import ConnectionLender
 from ordersync_pipeline.api.records import as_json_value, record_id as _record_id
 from ordersync_pipeline.api.responses import DEFAULT_BASE_URL, Page, parse_page, wrong_base_url
 
@@ -123,8 +123,8 @@ class OrderSyncClient:
     budget per request. 400/401/403 fail at once with the server's message; so does 404, except that a
     look-up by PO or supplier order answered with the API's JSON 404 means "no lines" (see _look_up).
     Messages never hold the key, even when the server's error text echoes it (redact_key).
-    Each request in flight has a connection of its own (connections.py); `max_connections` of them stay open
-    between requests.
+    Each request in flight has a connection of its own (connections.py), at most `max_connections` (at least
+    one more than `max_concurrent_pages`) at once.
     """
 
     def __init__(
@@ -172,13 +172,16 @@ class OrderSyncClient:
         # The API's clock (`Date` header) at the latest response: when look-ups observed their statuses.
         self.last_server_time: dt.datetime | None = None
         self._rate_budget = RateBudget(requests_per_second) if requests_per_second else None
-        self._http = ConnectionLender(
+        options: dict[str, Any] = dict(
             base_url=self.base_url,
             headers={"X-API-Key": api_key, "Accept": "application/json"},
             timeout=httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
-            transport=transport,
-            keep=max(max_connections, max_concurrent_pages + 1),
         )
+        max_connections = max(max_connections, max_concurrent_pages + 1)
+        # A transport given (tests, custom networking) does its own pooling: one httpx client over it.
+        self._http: ConnectionLender | httpx.Client = (
+            ConnectionLender(**options, max_connections=max_connections) if transport is None
+            else httpx.Client(**options, transport=transport))
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_retryable),
             # stop_before_delay: never start a wait that would end past the budget.
