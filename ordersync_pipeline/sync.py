@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -23,12 +25,16 @@ from ordersync_pipeline.vocabulary import is_open_sql
 from ordersync_pipeline.storage.warehouse import DayLoad, apply_refreshed_statuses, replace_days
 
 def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "raw",
-                   pii_hash_key: str | None = None) -> DayLoad:
-    """Every record of `day` from by-date, normalised and ready for warehouse.replace_days."""
+                   pii_hash_key: str | None = None,
+                   normalising: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()) -> DayLoad:
+    """Every record of `day` from by-date, normalised and ready for warehouse.replace_days.
+
+    `normalising` is held while the day's records are decoded and normalised (see fetch_day_loads)."""
     fetched_at = dt.datetime.now(dt.timezone.utc)
     fetch = client.fetch_order_statuses_for_day(day)
-    normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day, pii_mode=pii_mode,
-                                          pii_hash_key=pii_hash_key)
+    with normalising:
+        normalised = normalise_order_statuses(fetch.records, fetched_at=fetched_at, expected_day=day,
+                                              pii_mode=pii_mode, pii_hash_key=pii_hash_key)
     return DayLoad(
         day=day,
         rows=normalised.rows,
@@ -45,6 +51,10 @@ def fetch_day_load(client: OrderSyncClient, day: dt.date, *, pii_mode: str = "ra
     )
 
 
+# Days decoded and normalised at the same time by a range's day threads.
+DAYS_NORMALISED_AT_ONCE = 2
+
+
 def fetch_day_loads(
     client: OrderSyncClient, days: list[dt.date], *, days_in_flight: int = 1, pii_mode: str = "raw",
     pii_hash_key: str | None = None,
@@ -57,17 +67,25 @@ def fetch_day_loads(
         yield from (fetch_day_load(client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key) for day in days)
         return
     pool = ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day")
+    # Days of a range start together and so finish fetching together: decoded and normalised all at once, each
+    # holds ~4 MB of objects (16 days in flight over a year: Python's heap peaked at 51 MB, 31 MB with this).
+    # The rest wait as undecoded pages (client.DayFetch); two at a time still keep two cores busy.
+    normalising = threading.BoundedSemaphore(DAYS_NORMALISED_AT_ONCE)
     pending: deque[Future[DayLoad]] = deque()
     upcoming = iter(days)
+
+    def submit(day: dt.date) -> None:
+        pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key,
+                                   normalising=normalising))
+
     try:
         for day in itertools.islice(upcoming, days_in_flight):
-            pending.append(pool.submit(fetch_day_load, client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key))
+            submit(day)
         while pending:
             load = pending.popleft().result()
             next_day = next(upcoming, None)
             if next_day is not None:
-                pending.append(pool.submit(fetch_day_load, client, next_day, pii_mode=pii_mode,
-                                               pii_hash_key=pii_hash_key))
+                submit(next_day)
             yield load
     finally:
         # A failed or abandoned range: queued days never start, and the caller's error is not held up

@@ -88,6 +88,31 @@ def test_paging_drift_is_detected_and_recovered_by_reading_the_day_again():
     assert fetch.passes == 2 and fetch.duplicates_seen == 3 and fetch.consistent
 
 
+def test_a_day_read_again_keeps_each_line_once_in_first_seen_order_with_its_latest_copy():
+    """Records stay undecoded until the day is complete; what comes out must be what merging each record as it
+    was read gave: first-seen order, the latest copy of a line (a repeat within the pass included), and the
+    id-less records of the last pass at the end."""
+    id_less = {"order_date": "2025-12-05T10:00:00+00:00", "status": "placed"}
+    first = [record(n, status="placed") for n in range(150)] + [id_less]
+    second = [record(n, status="shipped" if n % 2 else "placed") for n in range(150)]
+    second.insert(100, record(99, status="returned"))  # page 2 of the second pass repeats line 99, changed
+    second.append(id_less)
+    page_1_reads = []  # a pass starts with page 1
+
+    def handler(request):
+        page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
+        if page == 1:
+            page_1_reads.append(page)
+        current, total = (first, 152) if len(page_1_reads) == 1 else (second, 151)
+        return httpx.Response(200, json=envelope(current[(page - 1) * limit : page * limit], total, page, limit))
+
+    with make_client(handler, max_concurrent_pages=1) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    expected = [record(n, status="returned" if n == 99 else "shipped" if n % 2 else "placed") for n in range(150)]
+    assert fetch.records == [*expected, id_less]
+    assert fetch.passes == 2 and fetch.duplicates_seen == 1 and fetch.consistent
+
+
 def test_an_api_whose_total_is_always_wrong_is_flagged_not_looped_on():
     records = [record(n) for n in range(5)]
 

@@ -3,12 +3,16 @@
 import contextlib
 import datetime as dt
 import re
+import threading
+import time
 
 import dagster as dg
 import duckdb
 import pytest
 
 from ordersync_pipeline import sync
+from ordersync_pipeline.api.client import OrderSyncClient
+from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY
 from ordersync_pipeline.assets import order_statuses as order_statuses_module
 from ordersync_pipeline.assets.order_statuses import ORDER_STATUS_CHECKS, order_status_checks, order_statuses
 from ordersync_pipeline.settings import DEFAULT_STORE_MEMORY_LIMIT as STORE_MEMORY_LIMIT
@@ -121,3 +125,29 @@ def test_a_lower_memory_limit_is_never_raised_above_the_configured_one(database)
         warehouse = OrderSyncWarehouse(database=database, connection_config={"memory_limit": configured})
         with warehouse.connect(memory_limit_at_most=STORE_MEMORY_LIMIT) as conn:
             assert conn.execute("SELECT current_setting('memory_limit')").fetchall() == [(expected,)]
+
+
+def test_days_in_flight_are_normalised_a_few_at_a_time_and_come_out_in_order(simulator, monkeypatch):
+    """The days of a range finish fetching together; decoded and normalised all at once they would hold ~4 MB
+    each. At most DAYS_NORMALISED_AT_ONCE are, and the others wait as undecoded pages."""
+    normalise = sync.normalise_order_statuses
+    lock, at_once, most_at_once = threading.Lock(), [0], [0]
+
+    def normalise_slowly(*args, **kwargs):
+        with lock:
+            at_once[0] += 1
+            most_at_once[0] = max(most_at_once[0], at_once[0])
+        time.sleep(0.05)  # long enough for every finished day to be waiting here
+        try:
+            return normalise(*args, **kwargs)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(sync, "normalise_order_statuses", normalise_slowly)
+    days = [FIRST + dt.timedelta(days=i) for i in range(8)]
+    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url, max_concurrent_pages=1) as client:
+        loads = list(sync.fetch_day_loads(client, days, days_in_flight=8))
+    assert [load.day for load in loads] == days
+    assert sum(load.rows.height for load in loads) == len(simulator.records_for_days(FIRST, days[-1]))
+    assert most_at_once[0] == sync.DAYS_NORMALISED_AT_ONCE

@@ -2,7 +2,8 @@
 retries and the key's redaction are in api/errors.py; what one response means is in responses.py).
 
 Plain Python + httpx, one connection per request in flight (connections.py); knows nothing of Dagster. Bodies
-are decoded by records.decode_body: records of the documented shape as RegularRecord structs (typed in native
+are checked on arrival and a by-date day's records decoded once its pages are all in (responses.Page), by
+records.decode_body: records of the documented shape as RegularRecord structs (typed in native
 code, no dict per record), anything else as the raw JSON values the API sent, so that normalisation sees
 exactly what arrived, surprises included.
 """
@@ -10,6 +11,7 @@ exactly what arrived, surprises included.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import math
 import threading
@@ -34,7 +36,7 @@ from ordersync_pipeline.api.errors import (
     describe_failure,
     is_retryable,
 )
-from ordersync_pipeline.api.records import as_json_value, record_id as _record_id
+from ordersync_pipeline.api.records import as_json_value
 from ordersync_pipeline.api.responses import DEFAULT_BASE_URL, Page, parse_page, wrong_base_url
 
 MAX_PAGE_LIMIT = 100  # the API's documented maximum for `limit`
@@ -42,18 +44,28 @@ MAX_PO_NUMBERS_PER_REQUEST = 100  # the API's documented maximum for the bulk en
 BY_DATE_PATH = "/api/v1/orders/by-date"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DayFetch:
     """Every record of one by-date day, read until consistent (see fetch_order_statuses_for_day)."""
 
     day: dt.date
-    records: list[Any]
     api_total: int
     pages_fetched: int
     passes: int
     duplicates_seen: int
     consistent: bool  # False: the API's total never matched what it returned (API data error)
-    observed_at: dt.datetime | None = None  # the API's clock at the day's first page; None without a Date header
+    observed_at: dt.datetime | None  # the API's clock at the day's first page; None without a Date header
+    # Where the records are: every record of `pages` in order (the usual day), or each line's latest copy as
+    # (page, position). Kept as the pages' bytes until `records` is first read (see responses.Page).
+    pages: list[Page] = field(repr=False)
+    places: list[tuple[Page, int]] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def records(self) -> list[Any]:
+        """The day's records, one per line (records.decode_body's types), decoded on first use and kept."""
+        if self.places is None:
+            return [record for page in self.pages for record in page.records]
+        return [page.records[position] for page, position in self.places]
 
 
 @dataclass
@@ -225,7 +237,9 @@ class OrderSyncClient:
         still disagree with their total mean the API's count itself is wrong: the records are returned
         with `consistent=False`, to be stored and flagged rather than re-read forever.
         """
-        merged: dict[str, Any] = {}
+        # Where each line's latest copy is (a page and the record's position in it): the records stay bytes
+        # until DayFetch.records is read, so that a day in flight holds ~0.5 KB a line, not ~1.3 KB of objects.
+        merged: dict[str, tuple[Page, int]] = {}
         pages_fetched = duplicates_seen = 0
         server_times: list[dt.datetime] = []
         previous_pass_ids: frozenset[str] | None = None
@@ -235,21 +249,22 @@ class OrderSyncClient:
             server_times.extend(page.server_time for page in pages if page.server_time is not None)
             api_total = pages[-1].meta.total
             pass_ids: set[str] = set()
-            id_less: list[Any] = []  # records that cannot be deduplicated; normalise rejects them
+            id_less: list[tuple[Page, int]] = []  # records that cannot be deduplicated; normalise rejects them
             for page in pages:
-                for record in page.records:
-                    record_id = _record_id(record)
+                for index, record_id in enumerate(page.record_ids):
                     if not isinstance(record_id, str) or not record_id:
-                        id_less.append(record)
+                        id_less.append((page, index))
                         continue
                     duplicates_seen += record_id in pass_ids
                     pass_ids.add(record_id)
-                    merged[record_id] = record
+                    merged[record_id] = (page, index)
             total_held_still = all(page.meta.total == api_total for page in pages)
             complete = len(merged) + len(id_less) == api_total
             if total_held_still and (complete or frozenset(pass_ids) == previous_pass_ids):
-                return DayFetch(day, [*merged.values(), *id_less], api_total, pages_fetched, pass_number,
-                                duplicates_seen, consistent=complete, observed_at=min(server_times, default=None))
+                usual = pass_number == 1 and not duplicates_seen and not id_less  # the records are the pages in order
+                return DayFetch(day, api_total, pages_fetched, pass_number, duplicates_seen, consistent=complete,
+                                observed_at=min(server_times, default=None), pages=pages,
+                                places=None if usual else [*merged.values(), *id_less])
             previous_pass_ids = frozenset(pass_ids)
         raise OrderSyncPagingError(
             f"by-date results for {day} kept changing while paging: after {self.max_paging_passes} passes the API "
@@ -310,7 +325,7 @@ class OrderSyncClient:
             with ThreadPoolExecutor(self.max_concurrent_pages, thread_name_prefix="ordersync-page") as pool:
                 pages.extend(pool.map(lambda n: self.get_order_statuses_page(day, day, n), remaining))
         # The total may have grown while we paged: keep following has_more, one page at a time.
-        while pages[-1].meta.has_more and pages[-1].records:
+        while pages[-1].meta.has_more and pages[-1].record_ids:
             if len(pages) > page_count + 1000:
                 raise OrderSyncPagingError(f"by-date for {day} never stopped reporting has_more after {len(pages)} pages")
             pages.append(self.get_order_statuses_page(day, day, len(pages) + 1))
@@ -330,7 +345,7 @@ class OrderSyncClient:
             params = {"page": page_number} if page_number > 1 else None
             page = self._request_page(method, path, params=params, body=body)
             yield page
-            if not page.meta.has_more or not page.records or page_number >= 10_000:
+            if not page.meta.has_more or not page.record_ids or page_number >= 10_000:
                 return
             page_number += 1
 

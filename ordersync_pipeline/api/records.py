@@ -7,6 +7,10 @@ other page (a number or an object where text belongs, an unknown or missing fiel
 object, JSON that msgspec is stricter about than Python) is decoded with the standard library exactly as
 before, and its records stay the raw JSON values the API sent, for normalise.py's per-record rules.
 
+A page of a day is first read only for its envelope and each record's order_status_id (`decode_ids`), and
+its records are decoded when the day is complete: a page waiting for the rest of its day holds its bytes
+(~0.47 KB a record) instead of ~1.26 KB of Python objects, so more days can be in flight in the same memory.
+
 No Dagster, no HTTP: the client decodes with this, normalise.py recognises regular records by their type.
 """
 
@@ -79,6 +83,31 @@ class _RegularEnvelope(msgspec.Struct):
 
 
 _decode_regular = msgspec.json.Decoder(_RegularEnvelope).decode
+
+
+class _RecordId(msgspec.Struct, gc=False):
+    """Only a record's order_status_id, whatever JSON it is; its other fields are skipped, not decoded."""
+
+    order_status_id: Any = None
+
+
+class _IdsEnvelope(msgspec.Struct):
+    data: list[_RecordId]
+    meta: dict[str, Any]
+
+
+_decode_ids = msgspec.json.Decoder(_IdsEnvelope).decode
+
+
+def decode_ids(body: bytes) -> tuple[list[Any], dict[str, Any]] | None:
+    """The order_status_id of every record (as `record_id` reads it from the decoded record) and the meta of an
+    envelope whose records are all JSON objects; None for anything else (then decode the body with
+    decode_body, whose result says what is wrong)."""
+    try:
+        envelope = _decode_ids(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return [record.order_status_id for record in envelope.data], envelope.meta
 
 
 def decode_body(body: bytes) -> Any:

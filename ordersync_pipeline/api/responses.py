@@ -1,14 +1,17 @@
 """One response of the Order Status API -> a Page of records, or the error it stands for.
 
-No retries and no paging (client.py does those); no Dagster. The body is decoded by records.decode_body.
+No retries and no paging (client.py does those); no Dagster. The body is checked when it arrives (the envelope,
+its meta and each record's order_status_id, records.decode_ids) and its records are decoded by
+records.decode_body when first asked for (Page.records), so a page can wait for its day as bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,7 +27,7 @@ from ordersync_pipeline.api.errors import (
     retry_after_seconds,
     server_message,
 )
-from ordersync_pipeline.api.records import decode_body
+from ordersync_pipeline.api.records import decode_body, decode_ids, record_id
 
 DEFAULT_BASE_URL = "https://api.withordersync.com"
 NOT_THE_API = f"ORDERSYNC_BASE_URL does not point at the Order Status API (it should look like {DEFAULT_BASE_URL})"
@@ -38,11 +41,18 @@ class PageMeta:
     has_more: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Page:
-    records: list[Any]  # RegularRecord, or the raw JSON values as sent (records.decode_body); see normalise.py
+    record_ids: list[Any]  # each record's order_status_id as sent (any JSON type, None if it has none)
     meta: PageMeta
+    body: bytes = field(repr=False)  # the response body: an envelope already checked by parse_page
     server_time: dt.datetime | None = None  # the response's `Date` header: the API's clock, to the second
+
+    @functools.cached_property
+    def records(self) -> list[Any]:
+        """RegularRecord, or the raw JSON values as sent (records.decode_body; see normalise.py), decoded on first
+        use and kept: until then the page holds its bytes, ~0.47 KB a record against ~1.26 KB decoded."""
+        return decode_body(self.body)["data"]
 
 
 def wrong_base_url(not_found: OrderSyncNotFoundError, why: str) -> OrderSyncConfigError:
@@ -88,23 +98,27 @@ def parse_page(response: httpx.Response, method: str, path: str, api_key: str) -
         raise error(f"OrderSync rejected {method} {path} with HTTP {status}: {message}", status, message)
     if not 200 <= status < 300:
         raise RetryableResponse(f"unexpected HTTP {status}")
-    try:
-        body = decode_body(response.content)
-    except ValueError:
-        raise RetryableResponse(f"response body is not valid JSON ({len(response.content)} bytes, cut short?)") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):
-        raise RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
-    meta = body["meta"]
+    content = response.content
+    ids_and_meta = decode_ids(content)
+    if ids_and_meta is None:  # not records of JSON objects, or JSON only Python reads: decode it to say which
+        try:
+            body = decode_body(content)
+        except ValueError:
+            raise RetryableResponse(f"response body is not valid JSON ({len(content)} bytes, cut short?)") from None
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):
+            raise RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
+        ids_and_meta = [record_id(record) for record in body["data"]], body["meta"]
+    record_ids, meta = ids_and_meta
     try:
         page_meta = PageMeta(
-            total=int(meta.get("total", len(body["data"]))),
+            total=int(meta.get("total", len(record_ids))),
             page=int(meta.get("page", 1)),
-            limit=int(meta.get("limit", len(body["data"]))),
+            limit=int(meta.get("limit", len(record_ids))),
             has_more=bool(meta.get("has_more", False)),
         )
     except (TypeError, ValueError):
         raise RetryableResponse(f"response meta is malformed: {redact_key(json.dumps(meta), api_key)[:200]}") from None
-    return Page(records=body["data"], meta=page_meta, server_time=_server_time(response))
+    return Page(record_ids=record_ids, meta=page_meta, body=content, server_time=_server_time(response))
 
 
 def _server_time(response: httpx.Response) -> dt.datetime | None:
