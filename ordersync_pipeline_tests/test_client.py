@@ -89,28 +89,55 @@ def test_paging_drift_is_detected_and_recovered_by_reading_the_day_again():
 
 
 def test_a_day_read_again_keeps_each_line_once_in_first_seen_order_with_its_latest_copy():
-    """Records stay undecoded until the day is complete; what comes out must be what merging each record as it
-    was read gave: first-seen order, the latest copy of a line (a repeat within the pass included), and the
-    id-less records of the last pass at the end."""
-    id_less = {"order_date": "2025-12-05T10:00:00+00:00", "status": "placed"}
-    first = [record(n, status="placed") for n in range(150)] + [id_less]
-    second = [record(n, status="shipped" if n % 2 else "placed") for n in range(150)]
-    second.insert(100, record(99, status="returned"))  # page 2 of the second pass repeats line 99, changed
-    second.append(id_less)
+    """Records stay undecoded until the day is read; what comes out must be what merging each record as it was
+    read gave: first-seen order, the latest copy of a line (a repeat later in the same pass included, and a
+    line only an earlier pass returned), and the id-less records of the last pass at the end."""
+    only_in_first = record(500, status="placed")
+    first = [record(n, status="placed") for n in range(150)]
+    first[50:50] = [only_in_first, {"order_date": "2025-12-05T10:00:00+00:00", "status": "first pass"}]
+    second = [record(n, status="shipped" if n % 2 else "placed") for n in reversed(range(150))]
+    second.append(record(99, status="returned"))  # read last: this copy of line 99 wins
+    id_less = {"order_date": "2025-12-05T10:00:00+00:00", "status": "second pass"}
+    second.insert(10, id_less)
     page_1_reads = []  # a pass starts with page 1
 
     def handler(request):
         page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
         if page == 1:
             page_1_reads.append(page)
-        current, total = (first, 152) if len(page_1_reads) == 1 else (second, 151)
+        # Pass 1 is short of its total; pass 2 lacks line 500, which pass 1 returned: together they are complete.
+        current, total = (first, 153) if len(page_1_reads) == 1 else (second, 152)
         return httpx.Response(200, json=envelope(current[(page - 1) * limit : page * limit], total, page, limit))
 
     with make_client(handler, max_concurrent_pages=1) as client:
         fetch = client.fetch_order_statuses_for_day(DAY)
     expected = [record(n, status="returned" if n == 99 else "shipped" if n % 2 else "placed") for n in range(150)]
+    expected.insert(50, only_in_first)
     assert fetch.records == [*expected, id_less]
     assert fetch.passes == 2 and fetch.duplicates_seen == 1 and fetch.consistent
+
+
+@pytest.mark.parametrize("shape", ["an id-less record", "a repeated line"])
+def test_a_complete_first_pass_with_an_id_less_record_or_a_repeat_is_merged_too(shape):
+    records = [record(n, status="placed") for n in range(150)]
+    if shape == "an id-less record":
+        odd = {"order_date": "2025-12-05T10:00:00+00:00", "status": "no id"}
+        records.insert(20, odd)
+        expected = [*records[:20], *records[21:], odd]  # id-less records come last, as before
+    else:
+        records.insert(120, record(3, status="shipped"))  # the later copy wins, in the first copy's place
+        expected = [record(3, status="shipped") if n == 3 else record(n, status="placed") for n in range(150)]
+    total = len(expected)  # the API counts lines: a repeat is not one more
+
+    def handler(request):
+        page, limit = int(request.url.params["page"]), int(request.url.params["limit"])
+        chunk = records[(page - 1) * limit : page * limit]
+        return httpx.Response(200, json={"data": chunk, "meta": {"total": total, "page": page, "limit": limit,
+                                                                 "has_more": page * limit < len(records)}})
+
+    with make_client(handler, max_concurrent_pages=1) as client:
+        fetch = client.fetch_order_statuses_for_day(DAY)
+    assert fetch.passes == 1 and fetch.consistent and fetch.records == expected
 
 
 def test_an_api_whose_total_is_always_wrong_is_flagged_not_looped_on():
@@ -232,6 +259,20 @@ def test_429_and_5xx_are_retried_with_backoff_honouring_retry_after():
     assert len(fetch.records) == 1
     assert len(sleeps) == 3 and sleeps[0] >= 7  # Retry-After is a floor
     assert client.counter.requests == 4 and client.counter.retries == 3
+
+
+@pytest.mark.parametrize("endpoint", ["by-date", "by-po"])
+def test_a_body_with_bad_utf8_in_any_field_is_retried_then_a_clear_error(endpoint):
+    """Latin-1 text in a field other than the id: arrival checks must refuse it there, where it is retried, not
+    when the records are decoded later."""
+    bad = b'{"data": [{"order_status_id": "line1", "item": "caf\xe9"}], "meta": {"total": 1, "page": 1, "limit": 100}}'
+    with make_client(lambda request: httpx.Response(200, content=bad), max_attempts=3) as client:
+        with pytest.raises(OrderSyncUnavailableError, match="after 3 attempts .*not valid JSON"):
+            if endpoint == "by-date":
+                client.fetch_order_statuses_for_day(DAY)
+            else:
+                client.get_by_po("PO-1")
+    assert client.counter.requests == 3
 
 
 def test_dropped_connections_are_retried():

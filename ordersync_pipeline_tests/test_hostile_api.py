@@ -37,7 +37,7 @@ def test_plain_page_by_page_reading_really_is_wrong_under_drift():
         seen, page = [], 1
         while True:
             result = client.get_order_statuses_page(FIRST, FIRST, page)
-            seen += [r["order_status_id"] for r in result.records]
+            seen += [r["order_status_id"] for r in result.decode_records()]
             if not result.meta.has_more:
                 break
             page += 1

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from ordersync_pipeline.normalise import PII_MODES, normalise_order_statuses
-from ordersync_pipeline.api.records import RegularRecord, decode_body
+from ordersync_pipeline.api.records import RegularRecord, decode_body, decode_ids, record_id
 from ordersync_pipeline.simulator.server import SIMULATOR_API_KEY, Faults, OrderSyncSimulator, SimulatedClock
 from ordersync_pipeline_tests.support import SIM_FIRST_DAY, SIM_NOW
 from ordersync_pipeline_tests.lines import FETCHED, REFERENCE_RECORD
@@ -79,6 +79,25 @@ def test_one_irregular_record_makes_the_page_read_as_python_reads_it(irregular):
                                   b'{"data": {"not": "a list"}, "meta": {}}', b'[1, 2]'])
 def test_json_only_python_accepts_or_other_shapes_are_left_to_the_client_checks(text):
     assert decode_body(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", [
+    body(REGULAR_PAGE), body(IRREGULAR_RECORDS),
+    b'{"data": [{"order_status_id": "a", "item": "caf\xc3\xa9"}], "meta": {"total": 1}}',  # UTF-8: read
+    b'{"data": [{"order_status_id": "a", "item": "caf\xe9"}], "meta": {"total": 1}}',  # Latin-1: refused
+    b'{"data": [{"order_status_id": "a", "x": NaN}], "meta": {}}', b'{"data": [1], "meta": {}}',
+    b'{"data": [{"order_status_id": 7}, {}], "meta": {"page": 1}, "extra": [1]}', b'{"data": [], "meta": []}',
+    b'{"data": [{"order_status_id": "a", "order_status_id": "b"}], "meta": {}}',
+])
+def test_ids_read_on_arrival_are_those_of_the_decoded_records_or_the_body_is_left_to_decode_body(text):
+    ids_and_meta = decode_ids(text)
+    try:
+        decoded = decode_body(text)
+    except ValueError:
+        assert ids_and_meta is None  # refused on arrival, where the client retries it
+        return
+    if ids_and_meta is not None:
+        assert ids_and_meta == ([record_id(record) for record in decoded["data"]], decoded["meta"])
 
 
 def test_a_body_that_is_not_json_raises_value_error():

@@ -2,7 +2,7 @@
 retries and the key's redaction are in api/errors.py; what one response means is in responses.py).
 
 Plain Python + httpx, one connection per request in flight (connections.py); knows nothing of Dagster. Bodies
-are checked on arrival and a by-date day's records decoded once its pages are all in (responses.Page), by
+are checked on arrival, and records decoded when first read (a by-date day's: DayFetch.records), by
 records.decode_body: records of the documented shape as RegularRecord structs (typed in native
 code, no dict per record), anything else as the raw JSON values the API sent, so that normalisation sees
 exactly what arrived, surprises included.
@@ -60,12 +60,21 @@ class DayFetch:
     pages: list[Page] = field(repr=False)
     places: list[tuple[Page, int]] | None = field(default=None, repr=False)
 
+    # On Python 3.11 a cached_property takes one lock for the whole class: two days' decoding never overlaps,
+    # which costs nothing here (decoding holds the GIL anyway) and cannot deadlock (nothing else is locked inside).
     @functools.cached_property
     def records(self) -> list[Any]:
         """The day's records, one per line (records.decode_body's types), decoded on first use and kept."""
         if self.places is None:
-            return [record for page in self.pages for record in page.records]
-        return [page.records[position] for page, position in self.places]
+            return [record for page in self.pages for record in page.decode_records()]
+        decoded: dict[int, list[Any]] = {}  # each page decoded once (by identity: pages are alive in places)
+        records = []
+        for page, position in self.places:
+            page_records = decoded.get(id(page))
+            if page_records is None:
+                page_records = decoded[id(page)] = page.decode_records()
+            records.append(page_records[position])
+        return records
 
 
 @dataclass
@@ -336,7 +345,7 @@ class OrderSyncClient:
         the API sent: callers (the CLI's look-up, the refresh) print and normalise them as such."""
         records: list[Any] = []
         for page in self._iter_pages(method, path, body):
-            records.extend(map(as_json_value, page.records))
+            records.extend(map(as_json_value, page.decode_records()))
         return records
 
     def _iter_pages(self, method: str, path: str, body: Any) -> Iterator[Page]:

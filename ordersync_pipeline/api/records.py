@@ -7,9 +7,10 @@ other page (a number or an object where text belongs, an unknown or missing fiel
 object, JSON that msgspec is stricter about than Python) is decoded with the standard library exactly as
 before, and its records stay the raw JSON values the API sent, for normalise.py's per-record rules.
 
-A page of a day is first read only for its envelope and each record's order_status_id (`decode_ids`), and
-its records are decoded when the day is complete: a page waiting for the rest of its day holds its bytes
-(~0.47 KB a record) instead of ~1.26 KB of Python objects, so more days can be in flight in the same memory.
+A page is first read only for its envelope and each record's order_status_id (`decode_ids`), and its records
+are decoded when they are first asked for (a by-date day's when it is normalised): a page waiting for the rest
+of its day holds its bytes (~0.47 KB a record) instead of ~1.26 KB of Python objects, so more days can be in
+flight in the same memory.
 
 No Dagster, no HTTP: the client decodes with this, normalise.py recognises regular records by their type.
 """
@@ -100,9 +101,14 @@ _decode_ids = msgspec.json.Decoder(_IdsEnvelope).decode
 
 
 def decode_ids(body: bytes) -> tuple[list[Any], dict[str, Any]] | None:
-    """The order_status_id of every record (as `record_id` reads it from the decoded record) and the meta of an
-    envelope whose records are all JSON objects; None for anything else (then decode the body with
-    decode_body, whose result says what is wrong)."""
+    """The order_status_id of every record (as `record_id` reads it from the decoded record) and the meta of a
+    UTF-8 envelope whose records are all JSON objects; None for anything else, which decode_body then reads (JSON
+    only Python's reader accepts) or refuses (not JSON, not UTF-8)."""
+    if not body.isascii():
+        try:  # msgspec checks the text of the fields it decodes only; decode_body checks all of it, as json.loads does
+            body.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
     try:
         envelope = _decode_ids(body)
     except (msgspec.ValidationError, msgspec.DecodeError):

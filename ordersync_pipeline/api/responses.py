@@ -2,14 +2,13 @@
 
 No retries and no paging (client.py does those); no Dagster. The body is checked when it arrives (the envelope,
 its meta and each record's order_status_id, records.decode_ids) and its records are decoded by
-records.decode_body when first asked for (Page.records), so a page can wait for its day as bytes.
+records.decode_body when asked for (Page.decode_records), so a page can wait for its day as bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +47,9 @@ class Page:
     body: bytes = field(repr=False)  # the response body: an envelope already checked by parse_page
     server_time: dt.datetime | None = None  # the response's `Date` header: the API's clock, to the second
 
-    @functools.cached_property
-    def records(self) -> list[Any]:
-        """RegularRecord, or the raw JSON values as sent (records.decode_body; see normalise.py), decoded on first
-        use and kept: until then the page holds its bytes, ~0.47 KB a record against ~1.26 KB decoded."""
+    def decode_records(self) -> list[Any]:
+        """RegularRecord, or the raw JSON values as sent (records.decode_body; see normalise.py), decoded anew at
+        each call and not kept: the page holds its bytes, ~0.47 KB a record against ~1.26 KB decoded."""
         return decode_body(self.body)["data"]
 
 
