@@ -98,12 +98,12 @@ def parse_page(response: httpx.Response, method: str, path: str, api_key: str) -
         raise RetryableResponse(f"unexpected HTTP {status}")
     content = response.content
     ids_and_meta = decode_ids(content)
-    if ids_and_meta is None:  # not records of JSON objects, or JSON only Python reads: decode it to say which
+    if ids_and_meta is None:  # not JSON objects in an envelope, not UTF-8, or JSON only Python reads: say which
         try:
             body = decode_body(content)
         except ValueError:
             raise RetryableResponse(f"response body is not valid JSON ({len(content)} bytes, cut short?)") from None
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not isinstance(body.get("meta"), dict):
+        if not (isinstance(body, dict) and isinstance(body.get("data"), list) and isinstance(body.get("meta"), dict)):
             raise RetryableResponse("response is not the documented {data: [...], meta: {...}} envelope")
         ids_and_meta = [record_id(record) for record in body["data"]], body["meta"]
     record_ids, meta = ids_and_meta

@@ -46,8 +46,10 @@ class OrderSyncResource(dg.ConfigurableResource):
 
     api_key: str = Field(description="OrderSync API key (pk_live_...). Set it with EnvVar('ORDERSYNC_API_KEY').")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base URL; https only, except loopback.")
-    max_concurrent_pages: int = Field(default=DEFAULT_MAX_CONCURRENT_PAGES, description="by-date pages fetched at once after the first.")
-    days_in_flight: int = Field(default=DEFAULT_DAYS_IN_FLIGHT, description="Days of a range fetched ahead while others are stored.")
+    max_concurrent_pages: int = Field(default=DEFAULT_MAX_CONCURRENT_PAGES,
+                                      description="by-date pages fetched at once after the first.")
+    days_in_flight: int = Field(default=DEFAULT_DAYS_IN_FLIGHT,
+                                description="Days of a range fetched ahead while others are stored.")
     requests_per_second: float | None = Field(default=None, description="Client-side request budget; None = no limit.")
     max_attempts: int = Field(default=8, description="Attempts per request on 429/5xx/timeouts/broken bodies.")
     request_budget_seconds: float = Field(default=120.0, description="Total time one request may take, retries included.")
