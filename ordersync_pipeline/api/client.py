@@ -67,13 +67,12 @@ class DayFetch:
         """The day's records, one per line (records.decode_body's types), decoded on first use and kept."""
         if self.places is None:
             return [record for page in self.pages for record in page.decode_records()]
-        decoded: dict[int, list[Any]] = {}  # each page decoded once (by identity: pages are alive in places)
+        decoded: dict[Page, list[Any]] = {}  # each page decoded once (pages hash by identity)
         records = []
         for page, position in self.places:
-            page_records = decoded.get(id(page))
-            if page_records is None:
-                page_records = decoded[id(page)] = page.decode_records()
-            records.append(page_records[position])
+            if page not in decoded:
+                decoded[page] = page.decode_records()
+            records.append(decoded[page][position])
         return records
 
 

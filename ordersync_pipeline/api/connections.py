@@ -3,8 +3,8 @@ request at a time (client.py sends every request through `ConnectionLender.reque
 
 Why not one httpx client for every thread: its connection pool (httpcore) takes one lock per request and per
 response, and on each it checks every idle connection's socket with a system call of its own (strace: 11 polls
-per request with the 18 connections a range uses). With the 16 pages a range keeps in flight (4 days x 4 pages),
-a year's backfill (8,728 requests) spent 2.3-3.7 CPU-seconds more in the pipeline process, and its run took
+per request with the 18 connections a range uses). With the 16 requests a range keeps in flight (then 4 days x 4
+pages), a year's backfill (8,728 requests) spent 2.3-3.7 CPU-seconds more in the pipeline process, and its run took
 ~2 s longer, than with one client per connection (docs/benchmark.md). A lent client checks only its own.
 
 Plain httpx; knows nothing of the API's paging, retries or Dagster. Every client shares one TLS context, made as
