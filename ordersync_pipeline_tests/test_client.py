@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import time
 
 import httpx
 import pytest
@@ -44,7 +45,7 @@ def make_client(handler, **options) -> OrderSyncClient:
                            sleep=sleeps.append, **options)
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
 def test_by_date_reads_every_page_with_the_maximum_limit(concurrency):
     records = [record(n) for n in range(250)]
     requests: list[httpx.Request] = []
@@ -57,6 +58,28 @@ def test_by_date_reads_every_page_with_the_maximum_limit(concurrency):
         assert request.url.path == "/api/v1/orders/by-date"
         assert request.url.params["start_date"] == request.url.params["end_date"] == "2025-12-05"
         assert request.url.params["limit"] == "100"
+
+
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_a_page_that_fails_stops_its_day_and_its_error_is_raised(concurrency):
+    """Page 3 of 10 is refused: the day fails with that error (whichever thread read it), and the pages not
+    yet taken are not requested (they would be wasted on a key the API refuses)."""
+    records = [record(n) for n in range(1000)]
+    requests: list[httpx.Request] = []
+    serve = paged_api(records, requests)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        if page == 3:
+            requests.append(request)
+            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "key revoked"}})
+        if page > 3:
+            time.sleep(0.02)  # the refusal reaches the other threads before they could take every page
+        return serve(request)
+
+    with make_client(handler, max_concurrent_pages=concurrency) as client, pytest.raises(OrderSyncAuthError):
+        client.fetch_order_statuses_for_day(DAY)
+    assert 3 <= len(requests) < 10
 
 
 def test_an_empty_day_is_one_request():

@@ -193,7 +193,6 @@ class OrderSyncClient:
         self.last_server_time: dt.datetime | None = None
         self._rate_budget = RateBudget(requests_per_second) if requests_per_second else None
         options: dict[str, Any] = dict(
-            base_url=self.base_url,
             headers={"X-API-Key": api_key, "Accept": "application/json"},
             timeout=httpx.Timeout(read_timeout_seconds, connect=connect_timeout_seconds),
         )
@@ -325,19 +324,50 @@ class OrderSyncClient:
             return [first]
         per_page = first.meta.limit if first.meta.limit > 0 else self.page_limit  # the server may cap our limit
         page_count = max(2, math.ceil(first.meta.total / per_page))
-        pages = [first]
-        remaining = range(2, page_count + 1)
-        if self.max_concurrent_pages == 1:
-            pages.extend(self.get_order_statuses_page(day, day, n) for n in remaining)
-        else:
-            with ThreadPoolExecutor(self.max_concurrent_pages, thread_name_prefix="ordersync-page") as pool:
-                pages.extend(pool.map(lambda n: self.get_order_statuses_page(day, day, n), remaining))
+        pages = [first, *self._fetch_pages(day, range(2, page_count + 1))]
         # The total may have grown while we paged: keep following has_more, one page at a time.
         while pages[-1].meta.has_more and pages[-1].record_ids:
             if len(pages) > page_count + 1000:
                 raise OrderSyncPagingError(f"by-date for {day} never stopped reporting has_more after {len(pages)} pages")
             pages.append(self.get_order_statuses_page(day, day, len(pages) + 1))
         return pages
+
+    def _fetch_pages(self, day: dt.date, numbers: range) -> list[Page]:
+        """Pages `numbers` of `day`, in order, up to max_concurrent_pages at a time: this thread fetches too,
+        beside max_concurrent_pages - 1 helpers, taking the next page number as each finishes one.
+
+        Why this thread fetches rather than waits: a range keeps 8 days in flight, so a waiting thread per day
+        is 8 more threads handing the GIL and the results around. A year's backfill made 25 % fewer voluntary
+        context switches and spent ~1 CPU-second less this way (docs/benchmark.md). A failed page stops the
+        others from taking new ones; its error is raised once those in flight have finished.
+        """
+        fetched: dict[int, Page] = {}
+        unclaimed = iter(numbers)
+        claiming = threading.Lock()
+        failed = threading.Event()
+
+        def fetch_until_none_left() -> None:
+            while not failed.is_set():
+                with claiming:
+                    number = next(unclaimed, None)
+                if number is None:
+                    return
+                try:
+                    fetched[number] = self.get_order_statuses_page(day, day, number)
+                except BaseException:
+                    failed.set()
+                    raise
+
+        helpers = min(self.max_concurrent_pages, len(numbers)) - 1
+        if helpers < 1:
+            fetch_until_none_left()
+        else:
+            with ThreadPoolExecutor(helpers, thread_name_prefix="ordersync-page") as pool:
+                helping = [pool.submit(fetch_until_none_left) for _ in range(helpers)]
+                fetch_until_none_left()  # on failure, leaving the pool waits for the helpers' pages in flight
+                for helper in helping:
+                    helper.result()
+        return [fetched[number] for number in numbers]
 
     def _collect_pages(self, method: str, path: str, body: Any = None) -> list[Any]:
         """Records of every page of a look-up endpoint (they are rarely more than one page), as the JSON values
