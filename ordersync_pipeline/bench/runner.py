@@ -88,27 +88,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulator {base_url}: {args.days} days x {args.orders_per_day} orders/day, {args.latency_ms:g} ms "
               f"latency{', pre-encoded pages' if args.pre_encoded else ''}; warming up (every day once)...", flush=True)
         raw_fetch(base_url, today - dt.timedelta(days=history_days), last, threads=RAW_THREADS)
-        rows: list[tuple[str, Run]] = []
-        for threads, label in ((1, "raw fetch, sequential"), (RAW_THREADS, f"raw fetch, {RAW_THREADS} days in flight")):
-            rows.append((label, median_run([raw_fetch(base_url, first, last, threads) for _ in range(args.repeat)])))
-        limit = min(rows[0][1], rows[1][1], key=lambda run: run.wall)
-        lines = limit.lines
-
+        raw_labels = {1: "raw fetch, sequential", RAW_THREADS: f"raw fetch, {RAW_THREADS} days in flight"}
         fixed = None
         if "fixed" not in args.skip:
             fixed = pipeline_run(base_url, last, last, Path(workdir) / "one-day.duckdb")
-            rows.append(("fixed cost: pipeline for one day", fixed))
-        runs = [pipeline_run(base_url, first, last, Path(workdir) / f"p{i}.duckdb") for i in range(args.repeat)]
-        pipeline = median_run(runs, rss=max(run.rss for run in runs))
-        rows.append(("pipeline (one Dagster run, whole process)", pipeline))
-        floors = [pipeline_run(base_url, first, last, Path(workdir) / f"floor{i}.duckdb", module=FLOOR_MODULE)
-                  for i in range(args.repeat)]
-        floor = median_run(floors, rss=max(run.rss for run in floors))
-        rows.append(("Dagster's floor (no-op asset, same run shape)", floor))
-        if args.compare_with:
-            before = [pipeline_run(base_url, first, last, Path(workdir) / f"b{i}.duckdb", args.compare_with)
-                      for i in range(args.repeat)]
-            rows.append(("pipeline from --compare-with (before)", median_run(before, rss=max(r.rss for r in before))))
+        # In rounds, each measuring everything once, not each measure's repeats one after another: this machine's
+        # speed drifts by up to ±20 % within minutes, so what is compared should be measured close in time.
+        rounds: list[dict[str, Run]] = []
+        for i in range(args.repeat):
+            measured = {label: raw_fetch(base_url, first, last, threads) for threads, label in raw_labels.items()}
+            measured[PIPELINE] = pipeline_run(base_url, first, last, Path(workdir) / f"p{i}.duckdb")
+            measured[FLOOR] = pipeline_run(base_url, first, last, Path(workdir) / f"floor{i}.duckdb",
+                                           module=FLOOR_MODULE)
+            if args.compare_with:
+                measured[BEFORE] = pipeline_run(base_url, first, last, Path(workdir) / f"b{i}.duckdb",
+                                                args.compare_with)
+            rounds.append(measured)
+        rows: list[tuple[str, Run]] = []
+        for label in rounds[0]:
+            runs = [measured[label] for measured in rounds]
+            rss = max((run.rss for run in runs if run.rss is not None), default=None)
+            rows.append((label, median_run(runs, rss=rss)))
+        measures = dict(rows)
+        limit = min((measures[label] for label in raw_labels.values()), key=lambda run: run.wall)
+        lines = limit.lines
+        pipeline, floor = measures[PIPELINE], measures[FLOOR]
+        if fixed is not None:
+            rows.insert(len(raw_labels), ("fixed cost: pipeline for one day", fixed))
         if "dlt" not in args.skip:
             dlt = dlt_run(base_url, first, last, Path(workdir) / "dlt")
             if dlt is not None:
@@ -134,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"own work = pipeline - Dagster's floor: {own_wall:.2f} s wall = {own_wall / limit.wall:.2f}x the raw limit; "
               f"own CPU {own_cpu / lines * 1e6:.1f} us per line ({lines:,} lines; load average "
               f"{os.getloadavg()[0]:.2f} at the end)")
+        for number, measured in enumerate(rounds, 1):
+            raw = min(measured[label].wall for label in raw_labels.values())
+            own = measured[PIPELINE].wall - measured[FLOOR].wall
+            before = f", before {measured[BEFORE].wall:.2f} s" if BEFORE in measured else ""
+            print(f"round {number}: raw limit {raw:.2f} s, pipeline {measured[PIPELINE].wall:.2f} s, floor "
+                  f"{measured[FLOOR].wall:.2f} s, own work {own / raw:.2f}x the raw limit{before}")
 
         if args.rss_days:
             print(f"\n{'pipeline over':<20} {'lines':>10} {'wall s':>8} {'x raw limit/line':>17} {'CPU us/line':>12} "
@@ -248,6 +260,9 @@ def raw_fetch(base_url: str, first: dt.date, last: dt.date, threads: int) -> Run
 
 
 FLOOR_MODULE = "ordersync_pipeline.bench.floor"
+PIPELINE = "pipeline (one Dagster run, whole process)"
+FLOOR = "Dagster's floor (no-op asset, same run shape)"
+BEFORE = "pipeline from --compare-with (before)"
 
 
 def pipeline_run(base_url: str, first: dt.date, last: dt.date, database: Path, checkout: str | None = None,
