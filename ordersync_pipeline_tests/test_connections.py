@@ -71,6 +71,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_in_the_environment(monkeypatch):
+    """Lent connections are transports unless a proxy is set; the tests that need one set it themselves."""
+    for scheme in ("http", "https", "all"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+
+
 @pytest.fixture
 def server():
     server = _Server()
@@ -151,21 +159,24 @@ def test_a_lent_connection_raises_httpx_errors(server):
     """The client retries on httpx's transport errors: a lent connection raises the same ones."""
     lender = ConnectionLender(headers={}, timeout=httpx.Timeout(0.2), max_connections=1)
     try:
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(httpx.ReadTimeout) as timed_out:
             lender.request("GET", _url(server, "/hang"))
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             port = unused.getsockname()[1]  # nothing listens on it
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(httpx.ConnectError) as refused:
             lender.request("GET", f"http://127.0.0.1:{port}/")
+        # As from httpx.Client, the error names the request that failed.
+        assert timed_out.value.request.url == _url(server, "/hang")
+        assert refused.value.request.url == f"http://127.0.0.1:{port}/"
     finally:
         lender.close()
 
 
 def test_a_proxy_in_the_environment_is_used_as_httpx_would(server, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
     lender = ConnectionLender(headers={"X-API-Key": "k"}, timeout=httpx.Timeout(20), max_connections=1)
     try:
         assert lender.request("GET", "http://localhost:9/api/v1/orders/by-date?page=1").status_code == 200
