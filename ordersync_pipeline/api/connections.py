@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+
 def environment_proxies() -> bool:
     """Whether the environment names a proxy httpx.Client would use (it reads the same urllib settings)."""
     proxies = urllib.request.getproxies()
