@@ -151,3 +151,40 @@ def test_days_in_flight_are_normalised_a_few_at_a_time_and_come_out_in_order(sim
     assert [load.day for load in loads] == days
     assert sum(load.rows.height for load in loads) == len(simulator.records_for_days(FIRST, days[-1]))
     assert most_at_once[0] == sync.DAYS_NORMALISED_AT_ONCE
+
+
+def test_days_are_fetched_ahead_while_the_caller_stores_and_no_further(simulator, monkeypatch):
+    """While the caller stores a day it took, the pool goes on fetching: days_in_flight at a time, up to
+    days_ready_ahead days more than it holds. Refilled only when the caller took a day, the window emptied
+    during every transaction a range stored."""
+    lock, fetching, most_fetching, started = threading.Lock(), [0], [0], []
+    fetch = OrderSyncClient.fetch_order_statuses_for_day
+
+    def fetch_counting(self, day):
+        with lock:
+            started.append(day)
+            fetching[0] += 1
+            most_fetching[0] = max(most_fetching[0], fetching[0])
+        try:
+            return fetch(self, day)
+        finally:
+            with lock:
+                fetching[0] -= 1
+
+    monkeypatch.setattr(OrderSyncClient, "fetch_order_statuses_for_day", fetch_counting)
+    days = [FIRST - dt.timedelta(days=6 - i) for i in range(12)]  # 12 days before the simulator's "now"
+    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url, max_concurrent_pages=1) as client:
+        loads = sync.fetch_day_loads(client, days, days_in_flight=2, days_ready_ahead=3)
+        taken = [next(loads)]
+        # The caller is now "storing": 2 + 3 days were submitted and one more when it took the first.
+        for _ in range(500):
+            with lock:
+                if len(started) == 6 and fetching[0] == 0:
+                    break
+            time.sleep(0.01)
+        time.sleep(0.1)  # long enough for a seventh day to start, if one could
+        assert sorted(started) == days[:6]
+        taken.extend(loads)
+    assert [load.day for load in taken] == days
+    assert sum(load.rows.height for load in taken) == len(simulator.records_for_days(days[0], days[-1]))
+    assert most_fetching[0] == 2
