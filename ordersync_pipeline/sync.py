@@ -59,17 +59,20 @@ def fetch_day_loads(
     client: OrderSyncClient, days: list[dt.date], *, days_in_flight: int = 1, days_ready_ahead: int = 0,
     pii_mode: str = "raw", pii_hash_key: str | None = None,
 ) -> Iterator[DayLoad]:
-    """DayLoads in day order: up to `days_in_flight` days fetched at a time, and up to `days_ready_ahead` more
-    fetched and normalised, waiting for the caller, so fetching goes on while the caller stores.
+    """DayLoads in day order: `days_in_flight` days fetched at a time, up to `days_in_flight + days_ready_ahead`
+    days beyond those the caller took, so fetching goes on while the caller stores (days_in_flight 1: one day
+    at a time, nothing ahead).
 
-    Memory stays bounded by the window, whatever the range: a year's backfill holds a few days at a time.
+    Memory stays bounded by the window, whatever the range: a year's backfill holds a few days' frames and pages at
+    a time (with the defaults, up to 15 days beside the 7 being stored; peak RSS unchanged, docs/benchmark.md).
     """
     if days_in_flight <= 1:
         yield from (fetch_day_load(client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key) for day in days)
         return
     pool = ThreadPoolExecutor(days_in_flight, thread_name_prefix="ordersync-day")
     # Days of a range start together and so finish fetching together: decoded and normalised all at once, each
-    # holds ~4 MB of objects (a year with 8 days in flight: Python's heap peaked at 33 MB, 23 MB with this).
+    # holds ~4 MB of objects (a year with 8 days in flight: Python's heap peaked at 33 MB, 23 MB with this, before
+    # days were fetched ahead of the transaction being stored).
     # The rest wait as undecoded pages (client.DayFetch); two at a time still keep two cores busy.
     normalising = threading.BoundedSemaphore(DAYS_NORMALISED_AT_ONCE)
     pending: deque[Future[DayLoad]] = deque()
@@ -80,8 +83,8 @@ def fetch_day_loads(
                                    normalising=normalising))
 
     try:
-        # The pool fetches days_in_flight days at a time; the days submitted beyond them start as soon as a day is
-        # fetched, not when the caller takes one. Refilled only as the caller took days, the window emptied while
+        # The pool fetches days_in_flight days at a time; the days submitted beyond them start as soon as a worker
+        # has fetched and normalised a day, not when the caller takes one. Refilled only as the caller took days, the window emptied while
         # it stored a transaction: a year in-process had no request in flight for ~20 % of its time.
         for day in itertools.islice(upcoming, days_in_flight + days_ready_ahead):
             submit(day)

@@ -154,11 +154,11 @@ def test_days_in_flight_are_normalised_a_few_at_a_time_and_come_out_in_order(sim
 
 
 def test_days_are_fetched_ahead_while_the_caller_stores_and_no_further(simulator, monkeypatch):
-    """While the caller stores a day it took, the pool goes on fetching: days_in_flight at a time, up to
-    days_ready_ahead days more than it holds. Refilled only when the caller took a day, the window emptied
-    during every transaction a range stored."""
-    lock, fetching, most_fetching, started = threading.Lock(), [0], [0], []
-    fetch = OrderSyncClient.fetch_order_statuses_for_day
+    """While the caller stores a day it took, the pool goes on: days_in_flight days at a time, up to
+    days_in_flight + days_ready_ahead days beyond those the caller took. Refilled only when the caller took a day,
+    the window emptied during every transaction a range stored."""
+    lock, fetching, most_fetching, started, finished = threading.Lock(), [0], [0], [], [0]
+    fetch, fetch_day_load = OrderSyncClient.fetch_order_statuses_for_day, sync.fetch_day_load
 
     def fetch_counting(self, day):
         with lock:
@@ -171,20 +171,30 @@ def test_days_are_fetched_ahead_while_the_caller_stores_and_no_further(simulator
             with lock:
                 fetching[0] -= 1
 
-    monkeypatch.setattr(OrderSyncClient, "fetch_order_statuses_for_day", fetch_counting)
-    days = [FIRST - dt.timedelta(days=6 - i) for i in range(12)]  # 12 days before the simulator's "now"
-    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url, max_concurrent_pages=1) as client:
-        loads = sync.fetch_day_loads(client, days, days_in_flight=2, days_ready_ahead=3)
-        taken = [next(loads)]
-        # The caller is now "storing": 2 + 3 days were submitted and one more when it took the first.
-        for _ in range(500):
+    def fetch_day_load_counting(*args, **kwargs):
+        try:
+            return fetch_day_load(*args, **kwargs)
+        finally:
             with lock:
-                if len(started) == 6 and fetching[0] == 0:
+                finished[0] += 1
+
+    monkeypatch.setattr(OrderSyncClient, "fetch_order_statuses_for_day", fetch_counting)
+    monkeypatch.setattr(sync, "fetch_day_load", fetch_day_load_counting)
+    days = [FIRST - dt.timedelta(days=6 - i) for i in range(12)]  # 12 days before the simulator's "now"
+    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url, max_concurrent_pages=1) as client, \
+            contextlib.closing(sync.fetch_day_loads(client, days, days_in_flight=2, days_ready_ahead=3)) as loads:
+        taken = [next(loads)]
+        # The caller is now "storing": 2 + 3 days were submitted, and one more when it took the first.
+        for _ in range(1000):
+            with lock:
+                if finished[0] == 6:
                     break
             time.sleep(0.01)
+        else:
+            pytest.fail(f"the 6 days submitted were not all fetched within 10 s ({finished[0]} were)")
         time.sleep(0.1)  # long enough for a seventh day to start, if one could
         assert sorted(started) == days[:6]
         taken.extend(loads)
     assert [load.day for load in taken] == days
     assert sum(load.rows.height for load in taken) == len(simulator.records_for_days(days[0], days[-1]))
-    assert most_fetching[0] == 2
+    assert most_fetching[0] <= 2
