@@ -64,7 +64,7 @@ def fetch_day_loads(
     at a time, nothing ahead).
 
     Memory stays bounded by the window, whatever the range: a year's backfill holds a few days' frames and pages at
-    a time (with the defaults, up to 15 days beside the 7 being stored; peak RSS unchanged, docs/benchmark.md).
+    a time (with the defaults, up to 15 days beside the 7 being stored; peak RSS 0-9 MB higher, docs/benchmark.md).
     """
     if days_in_flight <= 1:
         yield from (fetch_day_load(client, day, pii_mode=pii_mode, pii_hash_key=pii_hash_key) for day in days)
@@ -84,8 +84,9 @@ def fetch_day_loads(
 
     try:
         # The pool fetches days_in_flight days at a time; the days submitted beyond them start as soon as a worker
-        # has fetched and normalised a day, not when the caller takes one. Refilled only as the caller took days, the window emptied while
-        # it stored a transaction: a year in-process had no request in flight for ~20 % of its time.
+        # has fetched and normalised a day, not when the caller takes one. Refilled only as the caller took days,
+        # the window emptied while it stored a transaction: a year in-process had no request in flight for ~20 %
+        # of its time (docs/benchmark.md, stop 34).
         for day in itertools.islice(upcoming, days_in_flight + days_ready_ahead):
             submit(day)
         while pending:
