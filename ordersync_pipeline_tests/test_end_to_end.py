@@ -198,3 +198,22 @@ def test_days_are_fetched_ahead_while_the_caller_stores_and_no_further(simulator
     assert [load.day for load in taken] == days
     assert sum(load.rows.height for load in taken) == len(simulator.records_for_days(days[0], days[-1]))
     assert most_fetching[0] <= 2
+
+
+def test_storing_a_range_fetches_the_next_transactions_days_ahead(simulator, conn, monkeypatch):
+    """store_days asks for a transaction's worth of days fetched ahead, so fetching goes on while it stores."""
+    asked = []
+    fetch_day_loads = sync.fetch_day_loads
+
+    def fetch_day_loads_noting(*args, **kwargs):
+        asked.append((kwargs["days_in_flight"], kwargs["days_ready_ahead"]))
+        return fetch_day_loads(*args, **kwargs)
+
+    monkeypatch.setattr(sync, "fetch_day_loads", fetch_day_loads_noting)
+    days = [FIRST + dt.timedelta(days=i) for i in range(5)]
+    with OrderSyncClient(SIMULATOR_API_KEY, simulator.base_url) as client:
+        stored = list(sync.store_days(client, conn, days, days_in_flight=2, days_per_transaction=3, pii_mode="raw"))
+    assert [load.day for load in stored] == days
+    assert asked and set(asked) == {(2, 3)}  # every round, re-reads included
+    assert conn.execute("SELECT count(*) FROM order_statuses").fetchall()[0][0] == len(
+        simulator.records_for_days(days[0], days[-1]))
